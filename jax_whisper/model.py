@@ -1,0 +1,240 @@
+"""Whisper in Flax NNX, mirroring ``torch_reference/model.py`` name for name and in the same order.
+
+Parameter paths map one-to-one onto openai-whisper's state-dict keys (see ``jax_whisper.convert``). Compute
+dtype is configurable: parameters, LayerNorm, softmax and the residual stream stay float32, matmuls and
+convolutions run in ``dtype`` (e.g. bfloat16). The decoder's key/value cache has a fixed size and is written
+with ``dynamic_update_slice``, so decoding runs inside ``jax.lax.while_loop`` under ``jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import Array, lax
+
+from jax_whisper.config import WhisperConfig
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Array:
+    """Fixed encoder positions: [sin | cos] halves, timescales log-spaced from 1 to max_timescale.
+
+    Computed in float64 (numpy: jax may run without x64) and rounded once: in float32 the phase
+    ``t * inv_timescale`` at t ~ 1500 carries ~1e-4 of error from ``exp``'s last bit.
+    """
+    if channels % 2:
+        raise ValueError(f"sinusoids need an even channel count, got {channels}")
+    log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float64))
+    scaled_time = np.arange(length, dtype=np.float64)[:, None] * inv_timescales[None, :]
+    return jnp.asarray(np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1), jnp.float32)
+
+
+class Buffer(nnx.Variable):
+    """A constant array stored with the weights (torch's ``register_buffer``); never trained."""
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Decoder key/value cache of fixed size: self-attention slots for every text position, cross-attention
+    keys/values computed once per audio. ``offset`` counts the tokens already written."""
+
+    k: list[Array]  # per layer (batch, max_len, n_state)
+    v: list[Array]
+    xk: list[Array]  # per layer (batch, n_audio, n_state)
+    xv: list[Array]
+    offset: Array = 0
+
+    def reorder(self, index: Array) -> KVCache:
+        """Select batch rows (beam search)."""
+        take = lambda ts: [t[index] for t in ts]  # noqa: E731
+        return KVCache(take(self.k), take(self.v), take(self.xk), take(self.xv), self.offset)
+
+
+_gelu = partial(jax.nn.gelu, approximate=False)  # Whisper uses the exact (erf) GELU
+_LayerNorm = partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)  # torch's eps and variance
+
+
+class MultiHeadAttention(nnx.Module):
+    def __init__(self, n_state: int, n_head: int, attn_dropout: float = 0.0, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.n_head = n_head
+        self.query = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.key = nnx.Linear(n_state, n_state, use_bias=False, dtype=dtype, rngs=rngs)
+        self.value = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.attn_dropout = nnx.Dropout(attn_dropout, rngs=rngs)
+
+    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0):
+        """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
+
+        ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
+        at ``offset``; for cross-attention, the precomputed keys/values of ``xa``. Returns ``(out, kv_cache)``.
+        """
+        q = self.query(x)
+        if xa is None:
+            k, v = self.key(x), self.value(x)
+            if kv_cache is not None:
+                k_buf, v_buf = kv_cache
+                k_buf = lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, offset, 0))
+                v_buf = lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, offset, 0))
+                k, v = kv_cache = k_buf, v_buf
+        elif kv_cache is None:
+            k, v = self.key(xa), self.value(xa)
+        else:
+            k, v = kv_cache
+        return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
+
+    def qkv_attention(self, q, k, v, mask=None):
+        n_batch, n_ctx, n_state = q.shape
+        scale = (n_state // self.n_head) ** -0.25
+        q = q.reshape(n_batch, n_ctx, self.n_head, -1).transpose(0, 2, 1, 3) * scale
+        k = k.reshape(n_batch, k.shape[1], self.n_head, -1).transpose(0, 2, 3, 1) * scale
+        v = v.reshape(n_batch, v.shape[1], self.n_head, -1).transpose(0, 2, 1, 3)
+        qk = (q @ k).astype(jnp.float32)
+        if mask is not None:
+            qk = qk + mask
+        w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(q.dtype))
+        return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state)
+
+
+class ResidualAttentionBlock(nnx.Module):
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.attn = MultiHeadAttention(n_state, n_head, attn_dropout, dtype=dtype, rngs=rngs)
+        self.attn_ln = _LayerNorm(n_state, rngs=rngs)
+        self.cross_attn = (
+            MultiHeadAttention(n_state, n_head, attn_dropout, dtype=dtype, rngs=rngs) if cross_attention else None
+        )
+        self.cross_attn_ln = _LayerNorm(n_state, rngs=rngs) if cross_attention else None
+        n_mlp = n_state * 4
+        self.mlp = nnx.Sequential(nnx.Linear(n_state, n_mlp, dtype=dtype, rngs=rngs), _gelu,
+                                  nnx.Linear(n_mlp, n_state, dtype=dtype, rngs=rngs))
+        self.mlp_ln = _LayerNorm(n_state, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0):
+        """``kv_cache`` is this layer's ``(k, v, xk, xv)`` or None; returns ``(x, kv_cache)``."""
+        self_kv, cross_kv = (None, None) if kv_cache is None else (kv_cache[:2], kv_cache[2:])
+        h, self_kv = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, offset=offset)
+        x = x + self.dropout(h)
+        if self.cross_attn is not None:
+            h, cross_kv = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv)
+            x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.mlp_ln(x)))
+        return x, None if kv_cache is None else (*self_kv, *cross_kv)
+
+
+class AudioEncoder(nnx.Module):
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(n_mels, n_state, kernel_size=3, padding=((1, 1),), dtype=dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(n_state, n_state, kernel_size=3, strides=2, padding=((1, 1),), dtype=dtype, rngs=rngs)
+        self.positional_embedding = Buffer(sinusoids(n_ctx, n_state))
+        self.blocks = nnx.List(
+            [ResidualAttentionBlock(n_state, n_head, False, dropout, attn_dropout, dtype=dtype, rngs=rngs)
+             for _ in range(n_layer)]
+        )
+        self.ln_post = _LayerNorm(n_state, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        """x: (batch, n_mels, n_frames) log-mel, n_frames even and at most 2 * n_ctx."""
+        n_mels, n_ctx = self.conv1.in_features, self.positional_embedding.shape[0]
+        if x.ndim != 3 or x.shape[1] != n_mels or x.shape[2] % 2 or not 0 < x.shape[2] <= 2 * n_ctx:
+            raise ValueError(
+                f"mel must be (batch, {n_mels}, n_frames) with n_frames even and <= {2 * n_ctx}, "
+                f"got {tuple(x.shape)}"
+            )
+        x = x.transpose(0, 2, 1)  # flax convolutions are channels-last
+        x = _gelu(self.conv1(x))
+        x = _gelu(self.conv2(x))
+        x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.ln_post(x)
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.token_embedding = nnx.Embed(n_vocab, n_state, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.positional_embedding = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (n_ctx, n_state)))
+        self.blocks = nnx.List(
+            [ResidualAttentionBlock(n_state, n_head, True, dropout, attn_dropout, dtype=dtype, rngs=rngs)
+             for _ in range(n_layer)]
+        )
+        self.ln = _LayerNorm(n_state, rngs=rngs)
+
+    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None):
+        """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
+
+        Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
+        ``kv_cache.offset ...`` and the call returns ``(logits, kv_cache)`` with the offset advanced.
+        """
+        n_ctx = self.positional_embedding.shape[0]
+        offset = 0 if kv_cache is None else kv_cache.offset
+        if x.ndim != 2 or x.shape[1] > n_ctx:  # a traced offset is checked by the caller's loop bound
+            raise ValueError(f"tokens must be (batch, n) with n <= {n_ctx}, got {tuple(x.shape)}")
+        n = x.shape[1]
+        x = self.token_embedding(x) + lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, n)
+        if kv_cache is None:
+            mask = jnp.where(jnp.tril(jnp.ones((n, n), bool)), 0.0, -jnp.inf)
+        else:  # query i (absolute position offset + i) sees cache slots j <= offset + i
+            slots = jnp.arange(kv_cache.k[0].shape[1])
+            positions = offset + jnp.arange(n)
+            mask = jnp.where(slots[None, :] <= positions[:, None], 0.0, -jnp.inf)
+        layers = []
+        for i, block in enumerate(self.blocks):
+            layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
+            x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
+            layers.append(layer)
+        x = self.ln(x)
+        logits = (x.astype(self.dtype) @ self.token_embedding.embedding[...].astype(self.dtype).T).astype(jnp.float32)
+        if kv_cache is None:
+            return logits
+        k, v, xk, xv = (list(t) for t in zip(*layers, strict=True))
+        return logits, KVCache(k, v, xk, xv, offset + n)
+
+    def init_cache(self, xa: Array, max_len: int | None = None) -> KVCache:
+        """Empty self-attention slots and the cross-attention keys/values of ``xa``, computed once."""
+        max_len = max_len or self.positional_embedding.shape[0]
+        n_batch, n_state = xa.shape[0], xa.shape[2]
+        zeros = lambda: jnp.zeros((n_batch, max_len, n_state), self.dtype)  # noqa: E731
+        return KVCache(
+            k=[zeros() for _ in self.blocks],
+            v=[zeros() for _ in self.blocks],
+            xk=[b.cross_attn.key(xa) for b in self.blocks],
+            xv=[b.cross_attn.value(xa) for b in self.blocks],
+            offset=jnp.zeros((), jnp.int32),
+        )
+
+
+class Whisper(nnx.Module):
+    def __init__(self, cfg: WhisperConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = AudioEncoder(
+            cfg.n_mels, cfg.n_audio_ctx, cfg.n_audio_state, cfg.n_audio_head, cfg.n_audio_layer,
+            cfg.dropout, cfg.attn_dropout, dtype=dtype, rngs=rngs,
+        )
+        self.decoder = TextDecoder(
+            cfg.n_vocab, cfg.n_text_ctx, cfg.n_text_state, cfg.n_text_head, cfg.n_text_layer,
+            cfg.dropout, cfg.attn_dropout, dtype=dtype, rngs=rngs,
+        )
+
+    def embed_audio(self, mel: Array) -> Array:
+        return self.encoder(mel)
+
+    def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None):
+        return self.decoder(tokens, audio_features, kv_cache)
+
+    def __call__(self, mel: Array, tokens: Array) -> Array:
+        return self.decoder(tokens, self.encoder(mel))
+
+    def init_cache(self, audio_features: Array, max_len: int | None = None) -> KVCache:
+        return self.decoder.init_cache(audio_features, max_len)

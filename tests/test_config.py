@@ -1,0 +1,104 @@
+"""WhisperConfig: presets, validation, serialisation, and that importing it pulls in neither jax nor torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from jax_whisper.config import PRESETS, WhisperConfig
+
+# openai-whisper's published model sizes (README "Available models"), in millions of parameters
+PUBLISHED_MILLIONS = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large-v2": 1550, "large-v3": 1550,
+                      "large-v3-turbo": 809}
+
+
+def test_import_pulls_in_neither_jax_nor_torch():
+    code = ("import sys, jax_whisper.config as c; c.WhisperConfig.preset('seed'); "
+            "print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_seed_preset():
+    c = WhisperConfig.preset("seed")
+    assert (c.n_mels, c.n_audio_ctx, c.n_audio_state, c.n_audio_head, c.n_audio_layer) == (80, 250, 384, 6, 6)
+    assert (c.n_vocab, c.n_text_ctx, c.n_text_state, c.n_text_head, c.n_text_layer) == (50262, 64, 384, 6, 6)
+    assert (c.dropout, c.attn_dropout) == (0.1, 0.1)
+    assert c.n_frames == 500
+
+
+def test_openai_presets():
+    assert set(PRESETS) == {"seed", "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium",
+                            "medium.en", "large-v2", "large-v3", "large-v3-turbo"}
+    for name, c in PRESETS.items():
+        if name == "seed":
+            continue
+        assert (c.n_audio_ctx, c.n_text_ctx, c.dropout) == (1500, 448, 0.0)
+        assert c.n_vocab == (51864 if name.endswith(".en") else 51866 if "v3" in name else 51865)
+        assert c.n_mels == (128 if "v3" in name else 80)
+        assert c.is_multilingual == (not name.endswith(".en"))
+    assert WhisperConfig.preset("large-v3-turbo").n_text_layer == 4
+    assert WhisperConfig.preset("large-v3").num_languages == 100
+    assert WhisperConfig.preset("tiny").num_languages == 99
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MILLIONS))
+def test_parameter_counts_match_published_sizes(name):
+    """Parameter count from the dimensions alone, within 5% of openai's rounded published size (tiny: 37.2M
+    trainable vs "39 M"); a wrong layer count or width moves it by 10% or more."""
+    c = WhisperConfig.preset(name)
+    d, a, t = c.n_audio_state, c.n_audio_layer, c.n_text_layer
+    block = 4 * d * d + 3 * d + 2 * d + 8 * d * d + 5 * d + 2 * d  # attention, its LN, MLP, its LN
+    cross = 4 * d * d + 3 * d + 2 * d
+    n = (c.n_mels * d * 3 + d + d * d * 3 + d + a * block + 2 * d  # encoder (convs, blocks, ln_post)
+         + c.n_vocab * d + c.n_text_ctx * d + t * (block + cross) + 2 * d)  # decoder
+    assert abs(n / 1e6 - PUBLISHED_MILLIONS[name]) / PUBLISHED_MILLIONS[name] < 0.05, n
+
+
+def test_replace_and_round_trip():
+    c = dataclasses.replace(WhisperConfig.preset("seed"), n_vocab=51865, dropout=0.0)
+    assert c.n_vocab == 51865 and c.is_multilingual
+    assert WhisperConfig.from_json(c.to_json()) == c
+    assert WhisperConfig.from_dict(c.dims()) == dataclasses.replace(c, attn_dropout=0.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.n_mels = 128  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_audio_head=5), "not divisible by n_audio_head=5"),
+    (dict(n_mels=0), "n_mels must be a positive int"),
+    (dict(n_vocab=1.5), "n_vocab must be a positive int"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+    (dict(n_audio_state=385, n_audio_head=5), "must be even"),
+])
+def test_invalid_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(WhisperConfig.preset("seed"), **kwargs)
+
+
+def test_unknown_preset_and_fields():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        WhisperConfig.preset("huge")
+    with pytest.raises(ValueError, match=r"unknown WhisperConfig fields \['n_layers'\]"):
+        WhisperConfig.from_dict({**WhisperConfig().dims(), "n_layers": 4})
+    with pytest.raises(ValueError, match="missing dimensions"):
+        WhisperConfig.from_dict({"n_mels": 80})
+
+
+def test_parameter_formula_matches_the_model():
+    import torch  # noqa: F401  (only this test needs it)
+
+    from torch_reference.model import Whisper
+
+    for name in ("seed", "tiny"):
+        c = WhisperConfig.preset(name)
+        n = sum(p.numel() for p in Whisper(c).parameters())
+        d = c.n_audio_state
+        block = 12 * d * d + 12 * d
+        cross = 4 * d * d + 5 * d
+        formula = (c.n_mels * d * 3 + d + d * d * 3 + d + c.n_audio_layer * block + 2 * d
+                   + c.n_vocab * d + c.n_text_ctx * d + c.n_text_layer * (block + cross) + 2 * d)
+        assert n == formula, (name, n, formula)

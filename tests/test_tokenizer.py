@@ -1,0 +1,254 @@
+"""Tests for jax_whisper.tokenizer: seed layout, parity with openai-whisper, training helpers."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jax_whisper import tokenizer as tk
+from jax_whisper.config import PRESETS, WhisperConfig
+from jax_whisper.tokenizer import Tokenizer, get_tokenizer
+
+# (multilingual, num_languages) of the three OpenAI vocabularies: .en, most models, large-v3.
+OPENAI_VOCABS = [(False, 99), (True, 99), (True, 100)]
+
+SAMPLES = [
+    "Hello world.",
+    " The quick brown fox jumps over the lazy dog!",
+    "It's 3:45 p.m. -- don't you think we'd've left by now?",
+    "Numbers: 1,234,567.89 and 2nd, 3rd; 100% sure (maybe).",
+    "  leading and trailing   spaces\tand\ttabs\n",
+    "Café naïve résumé — “quotes” and ♪ music ♪",
+    "Tokyo 東京, Москва, 서울, ¿qué tal?",
+    "<|endoftext|> is just text here",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def wt():
+    """openai-whisper's tokenizer module (importing whisper pulls in torch: done once per module)."""
+    return pytest.importorskip("whisper.tokenizer")
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return get_tokenizer("seed")
+
+
+def test_seed_special_ids(seed):
+    assert seed.n_vocab == 50262 == PRESETS["seed"].n_vocab
+    assert (seed.eot, seed.sot, seed.to_language_token("en"), seed.transcribe, seed.no_timestamps,
+            seed.sot_prev) == (50256, 50257, 50258, 50259, 50260, 50261)
+    assert seed.language_token == 50258
+    assert seed.sot_lm is None and seed.no_speech is None
+    assert seed.timestamp_begin is None and seed.translate is None
+    assert seed.sot_sequence == (50257, 50258, 50259)
+    assert seed.sot_sequence_including_notimestamps == (50257, 50258, 50259, 50260)
+    assert seed.all_language_codes == ("en",) and seed.all_language_tokens == (50258,)
+    assert not seed.is_multilingual
+    assert seed.decode_with_timestamps(list(range(50256, 50262))) == (
+        "<|endoftext|><|startoftranscript|><|en|><|transcribe|><|notimestamps|><|startofprev|>")
+
+
+def test_seed_text_ids_are_gpt2(seed, wt):
+    english = wt.get_tokenizer(False)
+    for text in SAMPLES:
+        if "<|" not in text:  # openai's encode rejects special-token text
+            assert seed.encode(text) == english.encode(text), text
+    assert seed.encode(" Hello world") == [18435, 995]
+    assert seed.non_speech_tokens == tuple(english.non_speech_tokens)
+
+
+@pytest.mark.parametrize("vocab", [("seed",), (False, 99), (True, 99), (True, 100)])
+@pytest.mark.parametrize("text", SAMPLES)
+def test_round_trip(vocab, text):
+    tok = get_tokenizer("seed") if vocab == ("seed",) else get_tokenizer(multilingual=vocab[0],
+                                                                          num_languages=vocab[1])
+    ids = tok.encode(text)
+    assert all(0 <= t < tok.eot for t in ids)  # special-looking text never becomes a control token
+    assert tok.decode(ids) == text
+    assert tok.decode(np.asarray(ids, dtype=np.int32)) == text
+
+
+def test_decode_drops_special_and_timestamp_tokens(wt):
+    tok = get_tokenizer(multilingual=True, language="fr")
+    text = tok.encode(" Bonjour à tous.")
+    ids = [*tok.sot_sequence, tok.timestamp_begin, *text, tok.timestamp_begin + 54, tok.eot]
+    assert tok.decode(ids) == " Bonjour à tous."
+    expected = "<|startoftranscript|><|fr|><|transcribe|><|0.00|> Bonjour à tous.<|1.08|><|endoftext|>"
+    assert tok.decode_with_timestamps(ids) == expected
+    assert wt.get_tokenizer(True, language="fr").decode_with_timestamps(ids) == expected
+
+
+@pytest.mark.parametrize("multilingual,num_languages", OPENAI_VOCABS)
+def test_specials_match_openai(wt, multilingual, num_languages):
+    ours = get_tokenizer(multilingual=multilingual, num_languages=num_languages)
+    ref = wt.get_tokenizer(multilingual, num_languages=num_languages)
+    assert ours.n_vocab == ref.encoding.n_vocab
+    assert dict(ours.special_tokens) == ref.special_tokens  # every language and timestamp token
+    for name in ["eot", "sot", "sot_prev", "sot_lm", "no_speech", "no_timestamps", "timestamp_begin",
+                 "transcribe", "translate", "sot_sequence", "sot_sequence_including_notimestamps"]:
+        assert getattr(ours, name) == getattr(ref, name), name
+    assert ours.non_speech_tokens == tuple(ref.non_speech_tokens)
+    # openai's language tuples come out in set-iteration (hash) order; ours are ascending. Compare pairs.
+    assert list(ours.all_language_tokens) == sorted(ours.all_language_tokens)
+    assert dict(zip(ours.all_language_codes, ours.all_language_tokens, strict=True)) == dict(
+        zip(ref.all_language_codes, ref.all_language_tokens, strict=True))
+    assert len(ours.all_language_codes) == num_languages
+    assert ours.timestamp_begin + 1500 == ours.n_vocab - 1
+    assert ours.decode_with_timestamps([ours.n_vocab - 1]) == "<|30.00|>"
+    assert ours.is_multilingual == multilingual
+
+
+@pytest.mark.parametrize("multilingual,num_languages", OPENAI_VOCABS)
+def test_encode_matches_openai(wt, multilingual, num_languages):
+    ours = get_tokenizer(multilingual=multilingual, num_languages=num_languages)
+    ref = wt.get_tokenizer(multilingual, num_languages=num_languages)
+    for text in SAMPLES:
+        if "<|" not in text:  # openai's encode rejects special-token text; ours encodes it as plain text
+            assert ours.encode(text) == ref.encode(text), text
+
+
+@pytest.mark.parametrize("num_languages", [99, 100])
+@pytest.mark.parametrize("language", ["en", "fr", "ja", "haw", "yue", "Mandarin"])
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+def test_multilingual_sot_sequence_matches_openai(wt, num_languages, language, task):
+    if language == "yue" and num_languages == 99:
+        with pytest.raises(ValueError, match="yue"):
+            get_tokenizer(multilingual=True, num_languages=99, language=language, task=task)
+        return
+    ours = get_tokenizer(multilingual=True, num_languages=num_languages, language=language, task=task)
+    ref = wt.get_tokenizer(True, num_languages=num_languages, language=language, task=task)
+    assert ours.sot_sequence == ref.sot_sequence
+    assert ours.sot_sequence_including_notimestamps == ref.sot_sequence_including_notimestamps
+    assert ours.language_token == ref.language_token
+    assert ours.language == ref.language
+
+
+def test_defaults_follow_openai(wt):
+    ml = get_tokenizer(multilingual=True)
+    assert (ml.language, ml.task) == ("en", "transcribe")
+    assert ml.sot_sequence == wt.get_tokenizer(True).sot_sequence == (50258, 50259, 50359)
+    en = get_tokenizer(multilingual=False, language="en", task="transcribe")
+    assert en.sot_sequence == wt.get_tokenizer(False, language="en").sot_sequence == (50257,)
+    # No language (language detection): only <|startoftranscript|> and the task.
+    bare = dataclasses.replace(ml, language=None)
+    ref = wt.Tokenizer(encoding=wt.get_encoding("multilingual"), num_languages=99, task="transcribe")
+    assert bare.sot_sequence == ref.sot_sequence == (50258, 50359)
+    with pytest.raises(ValueError, match="no language"):
+        _ = bare.language_token
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_get_tokenizer_from_config(wt, preset):
+    cfg = WhisperConfig.preset(preset)
+    tok = get_tokenizer(cfg)
+    assert tok.n_vocab == cfg.n_vocab
+    assert tok is get_tokenizer(preset)  # cached, and preset names work too
+    if preset == "seed":
+        assert tok.vocab == "seed"
+        return
+    assert tok.is_multilingual == cfg.is_multilingual
+    ref = wt.get_tokenizer(cfg.is_multilingual, num_languages=cfg.num_languages)
+    assert tok.sot_sequence == ref.sot_sequence
+    assert dict(tok.special_tokens) == ref.special_tokens
+
+
+def test_language_table_matches_openai(wt):
+    assert list(tk.LANGUAGES.items()) == list(wt.LANGUAGES.items())  # order fixes the language ids
+    assert dict(tk.TO_LANGUAGE_CODE) == wt.TO_LANGUAGE_CODE
+
+
+def test_clear_errors(seed):
+    cases = [
+        (lambda: get_tokenizer("tiny-xl"), "tiny-xl"),
+        (lambda: get_tokenizer(), "multilingual"),
+        (lambda: get_tokenizer(multilingual=True, language="klingon"), "klingon"),
+        (lambda: get_tokenizer(multilingual=True, task="summarize"), "summarize"),
+        (lambda: get_tokenizer("seed", language="fr"), "'fr'"),
+        (lambda: get_tokenizer("tiny.en", task="translate"), "translate"),
+        (lambda: get_tokenizer("seed", multilingual=True), "multilingual=True"),
+        (lambda: get_tokenizer("large-v3", num_languages=99), "num_languages=99"),
+        (lambda: get_tokenizer(dataclasses.replace(PRESETS["tiny"], n_vocab=1000)), "n_vocab=1000"),
+        (lambda: get_tokenizer(multilingual=True, num_languages=101), "101"),
+        (lambda: get_tokenizer(3), "3"),
+        (lambda: seed.to_language_token("de"), "'de'"),
+        (lambda: seed.to_language_token("xx"), "'xx'"),
+        (lambda: seed.decode([1, 50262]), "50262"),
+        (lambda: seed.decode([-100]), "-100"),
+        (lambda: seed.decode([[1, 2]]), "1-D"),
+        (lambda: Tokenizer("bert"), "bert"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(ValueError, match=match):
+            fn()
+
+
+def test_frozen_and_cached(seed):
+    assert get_tokenizer("seed") is seed
+    assert get_tokenizer(multilingual=True, language="english") is get_tokenizer(multilingual=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seed.language = "fr"
+    assert hash(seed) == hash(Tokenizer("seed"))
+
+
+def test_encode_transcript_layout(seed):
+    tokens, targets = seed.encode_transcript("  Hello there, world!  ", n_text_ctx=64)
+    text_ids = seed.encode(" Hello there, world!")  # one leading space, surrounding whitespace stripped
+    assert tokens == [50257, 50258, 50259, 50260, *text_ids]
+    assert targets == [50258, 50259, 50260, *text_ids, 50256]
+    assert len(tokens) == len(targets)
+    assert targets[:-1] == tokens[1:] and targets[-1] == seed.eot
+    assert seed.decode(tokens) == " Hello there, world!"
+
+
+def test_encode_transcript_length_limit(seed):
+    tokens, _ = seed.encode_transcript("one two three four", n_text_ctx=64)
+    n = len(tokens)
+    assert seed.encode_transcript("one two three four", n_text_ctx=n) is not None  # exactly fits
+    assert seed.encode_transcript("one two three four", n_text_ctx=n - 1) is None  # dropped, not cut
+    with pytest.raises(ValueError, match="n_text_ctx"):
+        seed.encode_transcript("hi", n_text_ctx=0)
+
+
+def test_encode_transcript_variants():
+    ml = get_tokenizer(multilingual=True, language="de", task="translate")
+    tokens, targets = ml.encode_transcript("Guten Tag", 448)
+    assert tokens[:4] == [50258, 50261, 50358, 50363] and targets[-1] == 50257
+    en = get_tokenizer("tiny.en")
+    tokens, targets = en.encode_transcript("", 448)  # empty transcript: prompt, then eot
+    assert tokens == [50257, 50362] and targets == [50362, 50256]
+    seed = get_tokenizer("seed")
+    _, masked = seed.encode_transcript("hi", 64, mask_prompt=True)
+    _, plain = seed.encode_transcript("hi", 64)
+    assert masked[:3] == [tk.IGNORE_ID] * 3 and masked[3:] == plain[3:]
+
+
+def test_pad_batch(seed):
+    a = seed.encode_transcript("a short one", 64)
+    b = seed.encode_transcript("a somewhat longer transcript than the first", 64)
+    tokens, targets = seed.pad_batch([a, b], length=20)
+    assert tokens.shape == targets.shape == (2, 20)
+    assert tokens.dtype == targets.dtype == np.int32
+    for row, (tok, tgt) in enumerate([a, b]):
+        n = len(tok)
+        assert tokens[row, :n].tolist() == tok and targets[row, :n].tolist() == tgt
+        assert (tokens[row, n:] == seed.eot).all() and (targets[row, n:] == tk.IGNORE_ID).all()
+    auto_tokens, _ = seed.pad_batch([a, b])  # length defaults to the longest pair
+    assert auto_tokens.shape == (2, len(b[0]))
+    with pytest.raises(ValueError, match="item 1"):
+        seed.pad_batch([a, b], length=len(b[0]) - 1)
+    with pytest.raises(ValueError, match="item 0"):
+        seed.pad_batch([None, a], length=20)
+
+
+def test_import_pulls_in_no_framework():
+    code = ("import sys, jax_whisper.tokenizer as t; t.get_tokenizer('seed').encode('hi'); "
+            "print(sorted(m for m in ('torch', 'jax', 'whisper') if m in sys.modules))")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,1 @@
+"""The canonical PyTorch Whisper: model, log-mel frontend and trainer. Never imports jax."""
