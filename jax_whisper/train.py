@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from jax import Array
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
@@ -62,6 +63,20 @@ def make_optimizer(*, max_lr: float, warmup_steps: int, total_steps: int, weight
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
+@nnx.jit(static_argnames="label_smoothing")
+def train_step(model, optimizer: nnx.Optimizer, mel: Array, tokens: Array, targets: Array, *,
+               label_smoothing: float = 0.0) -> Array:
+    """One optimizer step on the mean token loss of the batch; returns that loss."""
+
+    def loss_fn(m):
+        total, count = cross_entropy(m(mel, tokens), targets, label_smoothing=label_smoothing)
+        return total / count
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
 def smoke_run(*, preset: str = "seed", steps: int = 30, batch_size: int = 8, n_utterances: int = 64,
               max_lr: float = 1e-3, warmup_steps: int = 5, seed: int = 0, cache_dir=None, log=print) -> list[float]:
     """A short real training run: ``steps`` AdamW steps of the ``preset`` model on a small eSpeak corpus.
@@ -70,7 +85,6 @@ def smoke_run(*, preset: str = "seed", steps: int = 30, batch_size: int = 8, n_u
     validation WER) replaces it. Returns the per-step training losses.
     """
     import numpy as np
-    from flax import nnx
 
     from jax_whisper import synthetic
     from jax_whisper.audio import HOP_LENGTH, load_audio, log_mel_spectrogram, pad_or_trim
@@ -93,16 +107,6 @@ def smoke_run(*, preset: str = "seed", steps: int = 30, batch_size: int = 8, n_u
     model.train()
     optimizer = nnx.Optimizer(model, make_optimizer(max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps),
                               wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, mel, tokens, targets):
-        def loss_fn(m):
-            total, count = cross_entropy(m(mel, tokens), targets)
-            return total / count
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
 
     rng = np.random.default_rng(seed)
     losses = []

@@ -10,7 +10,7 @@ import torch
 from flax import nnx
 
 from jax_whisper.convert import flax_to_torch, torch_to_flax
-from jax_whisper.train import IGNORE_INDEX, cross_entropy, lr_schedule, make_optimizer
+from jax_whisper.train import IGNORE_INDEX, lr_schedule, make_optimizer, train_step
 from parity_tests.helpers import check_close, random_inputs, random_torch_model
 from torch_reference.train import cross_entropy as torch_cross_entropy
 from torch_reference.train import lr_factor
@@ -96,17 +96,6 @@ def test_three_training_steps(preset, seed):
         sched.step()
 
     optimizer = nnx.Optimizer(jm, make_optimizer(**RECIPE, clip_norm=1.0), wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, mel, tokens, targets):
-        def loss_fn(m):
-            total, count = cross_entropy(m(mel, tokens), targets)
-            return total / count
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
     for mel, tokens, targets in batches:
         train_step(jm, optimizer, mel, tokens, targets)
 
