@@ -223,21 +223,9 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
 
     Channels are averaged; the rate is converted with soxr (VHQ) when it differs. Raises
     ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file) when it can't be decoded or
-    holds no samples.
+    holds no samples. The decoder itself is :func:`jax_whisper.datasets.read_audio_file`, shared with the
+    jax-free data pipeline.
     """
-    import soundfile as sf
-    import soxr
+    from jax_whisper.datasets import read_audio_file
 
-    path_str = os.fspath(path)
-    if not os.path.exists(path_str):
-        raise FileNotFoundError(f"load_audio: no such audio file: {path_str!r}")
-    try:
-        data, file_sr = sf.read(path_str, dtype="float32", always_2d=True)  # (frames, channels)
-    except Exception as e:  # soundfile.LibsndfileError, RuntimeError, TypeError, ...
-        raise ValueError(f"load_audio: cannot decode audio file {path_str!r}: {e}") from e
-    if data.size == 0:
-        raise ValueError(f"load_audio: audio file {path_str!r} contains no samples")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if int(file_sr) != int(sr):
-        mono = soxr.resample(mono, int(file_sr), int(sr), quality="VHQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return read_audio_file(path, sr)

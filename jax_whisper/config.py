@@ -1,15 +1,18 @@
-"""Model dimensions: one frozen dataclass shared by the Flax model and the PyTorch reference.
+"""Configuration: model dimensions (``WhisperConfig``) and training runs (``TrainConfig``), frozen dataclasses with
+named presets, shared by the Flax model and the PyTorch reference.
 
-Field names are openai-whisper's ``ModelDimensions`` so a config converts to and from an OpenAI
-checkpoint's ``dims`` without renaming. Importing this module imports neither jax nor torch.
+``WhisperConfig``'s field names are openai-whisper's ``ModelDimensions`` so a config converts to and from an
+OpenAI checkpoint's ``dims`` without renaming. Importing this module imports neither jax nor torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 
@@ -118,3 +121,145 @@ PRESETS: dict[str, WhisperConfig] = {
     "large-v3": _openai(1280, 20, 32, 51866, n_mels=128),
     "large-v3-turbo": _openai(1280, 20, 32, 51866, n_mels=128, n_text_layer=4),
 }
+
+
+# ==========================================================================================================
+# training runs
+# ==========================================================================================================
+
+DEFAULT_SPLITS = {  # (train, validation, test) per dataset kind
+    "synthetic": ("train", "validation", "test"),
+    "gigaspeech": ("train", "validation", "test"),
+    "librispeech": ("train.clean.100", "validation.clean", "test.clean"),
+    "manifest": ("train", "validation", "test"),
+    "audiofolder": ("train", "validation", "test"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. The defaults are the CPU recipe for the embedded corpus;
+    ``TrainConfig.recipe("seed")`` is the original seed recipe (batch 64, 10 epochs, lr 2e-4)."""
+
+    # model
+    preset: str = field(default="seed", metadata={"help": "WhisperConfig preset"})
+    dtype: str = field(default="float32", metadata={"help": "compute dtype: float32 or bfloat16"})
+    dropout: float | None = field(default=None, metadata={"help": "override the preset's dropout (residual and "
+                                                                  "attention)"})
+    model: str | None = field(default=None, metadata={"help": "WhisperConfig field overrides, e.g. "
+                                                              "'n_audio_layer=4,n_text_layer=4'"})
+    # data
+    dataset: str = field(default="synthetic", metadata={"help": "synthetic | gigaspeech | librispeech | "
+                                                                "audiofolder:DIR | manifest:FILE"})
+    subset: str | None = field(default=None, metadata={"help": "GigaSpeech training subset xs|s|m|l|xl"})
+    train_split: str | None = field(default=None, metadata={"help": "default per dataset"})
+    val_split: str | None = None
+    test_split: str | None = None
+    cache_dir: str | None = field(default=None, metadata={"help": "dataset / corpus cache directory"})
+    n_train: int = field(default=20000, metadata={"help": "synthetic corpus: training utterances"})
+    n_val: int = 300
+    n_test: int = 500
+    corpus_seed: int = 0
+    noise: float = field(default=0.0, metadata={"help": "synthetic corpus: fraction of noisy utterances"})
+    buckets: int = field(default=5, metadata={"help": "number of length buckets (at duration quantiles)"})
+    curriculum_epochs: int = field(default=1, metadata={"help": "epochs ordered short buckets first (SortaGrad)"})
+    num_workers: int = field(default=0, metadata={"help": "grain worker processes (0: threads only)"})
+    # optimisation
+    batch_size: int = 16
+    epochs: int = 3
+    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: epochs * steps/epoch)"})
+    max_lr: float = 1e-3
+    warmup_steps: int = 300
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (same result, less memory)"})
+    ctc_weight: float = field(default=0.3, metadata={"help": "weight of the auxiliary CTC loss (0: off)"})
+    seed: int = 0
+    # evaluation, logging, checkpoints
+    eval_every: int = field(default=0, metadata={"help": "also validate every N steps (0: once per epoch)"})
+    eval_batch_size: int = 64
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    output_dir: str = "runs/seed"
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    tensorboard: bool = True
+    progress: bool = True
+
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> TrainConfig:
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        return dataclasses.replace(cls(**RECIPES[name]), **overrides)
+
+    def model_config(self) -> WhisperConfig:
+        """The preset with ``model`` overrides and ``dropout`` applied."""
+        cfg = WhisperConfig.preset(self.preset)
+        names = {f.name for f in fields(WhisperConfig)}
+        overrides = {}
+        for item in filter(None, (self.model or "").split(",")):
+            key, sep, value = (p.strip() for p in item.partition("="))
+            if not sep or key not in names:
+                raise ValueError(f"model override {item!r}: expected NAME=VALUE with NAME one of {sorted(names)}")
+            overrides[key] = type(getattr(cfg, key))(value)
+        cfg = dataclasses.replace(cfg, **overrides)  # all at once: heads and widths must agree only at the end
+        if self.dropout is not None:
+            cfg = dataclasses.replace(cfg, dropout=float(self.dropout), attn_dropout=float(self.dropout))
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+RECIPES = {
+    "cpu": {},  # the defaults
+    # the seed run this project started from (PyTorch, GigaSpeech xs): one step per 64 utterances, 10 epochs
+    "seed": dict(batch_size=64, epochs=10, max_lr=2e-4, warmup_steps=500, ctc_weight=0.0, curriculum_epochs=0,
+                 dataset="gigaspeech", subset="xs"),
+}
+
+
+def _parse_value(ftype: str, text: str):
+    if text.lower() in ("none", "null") and "None" in ftype:
+        return None
+    if ftype.startswith("bool"):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if ftype.startswith("int"):
+        return int(text)
+    if ftype.startswith("float"):
+        return float(text)
+    return text
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field (``--batch-size 32``; booleans also as bare ``--resume``)."""
+    parser.add_argument("--recipe", default="cpu", choices=sorted(RECIPES), help="base values before overrides")
+    for f in dataclasses.fields(TrainConfig):
+        ftype = str(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        if ftype.startswith("bool"):
+            parser.add_argument(flag, nargs="?", const=True, default=None, type=partial(_parse_value, ftype),
+                                help=help_)
+        else:
+            parser.add_argument(flag, default=None, type=partial(_parse_value, ftype), help=help_)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    return TrainConfig.recipe(args.recipe, **overrides)

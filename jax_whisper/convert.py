@@ -13,6 +13,7 @@ is renamed into place, so an interrupted save never leaves a half-written checkp
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -162,18 +163,39 @@ def num_params(model: Whisper) -> int:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Which checkpoint format ``path`` holds; ValueError naming the path when none fits."""
+    """Which checkpoint format ``path`` holds; ValueError naming the path when none fits.
+
+    ``flax-train`` is a training checkpoint of ``jax_whisper.train`` (one step directory, or a run's output
+    directory, which resolves to its best checkpoint, else its latest).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir() and (p / "config.json").is_file() and (p / "state").is_dir():
         return "flax"
+    if p.is_dir() and (p / "params").is_dir() and (p / "meta").is_dir():
+        return "flax-train"
+    if p.is_dir() and ((p / "best").is_dir() or (p / "checkpoints").is_dir()):
+        return "flax-train"
     if p.is_file() and p.suffix == ".safetensors":
         return "torch"
     raise ValueError(
         f"checkpoint {str(p)!r}: not a recognised format (expected a Flax checkpoint directory with config.json "
-        f"and state/, or a .safetensors file written by this project)"
+        f"and state/, a training run or checkpoint directory, or a .safetensors file written by this project)"
     )
+
+
+def training_checkpoint(path: str | os.PathLike) -> Path:
+    """The step directory a ``flax-train`` path means: itself, or a run's best (else latest) checkpoint."""
+    p = Path(path)
+    if (p / "params").is_dir():
+        return p
+    for sub in ("best", "checkpoints"):
+        # orbax renames a finished step into place: in-progress ones carry a tmp suffix and are not digits
+        steps = sorted((int(d.name) for d in (p / sub).glob("*") if d.name.isdigit()), reverse=True)
+        if steps:
+            return p / sub / str(steps[0])
+    raise FileNotFoundError(f"training run {str(p)!r} holds no finished checkpoint in best/ or checkpoints/")
 
 
 def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[WhisperConfig, Whisper]:
@@ -181,6 +203,10 @@ def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[Whis
     fmt = detect_format(path)
     if fmt == "flax":
         return _load_flax(Path(path), dtype)
+    if fmt == "flax-train":
+        step_dir = training_checkpoint(path)
+        meta = json.loads((step_dir / "meta" / "metadata").read_text())
+        return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
     cfg, state_dict = load_torch_state(path)
     return cfg, torch_to_flax(state_dict, cfg, dtype=dtype)
 
@@ -241,16 +267,17 @@ def _save_flax(model: Whisper, cfg: WhisperConfig, path: Path) -> None:
         ckptr.save((path / "state").absolute(), weights)
 
 
-def _load_flax(path: Path, dtype) -> tuple[WhisperConfig, Whisper]:
+def _load_flax(path: Path, dtype, *, cfg: WhisperConfig | None = None, state: str = "state"
+               ) -> tuple[WhisperConfig, Whisper]:
     import orbax.checkpoint as ocp
 
-    cfg = WhisperConfig.from_json((path / "config.json").read_text())
+    cfg = cfg or WhisperConfig.from_json((path / "config.json").read_text())
     abstract = nnx.eval_shape(lambda: Whisper(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, weights, rest = nnx.split(abstract, (nnx.Param, Buffer), ...)
     target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(weights))
     with ocp.StandardCheckpointer() as ckptr:
         try:
-            restored = ckptr.restore((path / "state").absolute(), target)
+            restored = ckptr.restore((path / state).absolute(), target)
         except (ValueError, KeyError) as e:
             raise ValueError(f"checkpoint {str(path)!r} does not fit its config {cfg}: {e}") from e
     nnx.replace_by_pure_dict(weights, restored)

@@ -462,6 +462,32 @@ def _intern(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
+# ---- characters for the optional auxiliary CTC loss on the encoder ----
+
+# Blank is 0; lower-case letters, apostrophe, digits and space. A character vocabulary (not BPE) keeps the
+# CTC projection tiny and the label sequence well within the encoder's frame count.
+CTC_CHARS = "_ abcdefghijklmnopqrstuvwxyz'0123456789"
+CTC_BLANK = 0
+_CTC_INDEX = {c: i for i, c in enumerate(CTC_CHARS) if i != CTC_BLANK}
+
+
+def ctc_encode(text: str) -> list[int]:
+    """Character ids of ``text`` for CTC: lower-cased, whitespace collapsed, other characters dropped."""
+    return [_CTC_INDEX[c] for c in " ".join(text.lower().split()) if c in _CTC_INDEX]
+
+
+def ctc_decode(ids: Iterable[int]) -> str:
+    """Greedy CTC output to text: merge repeats, then drop blanks."""
+    out, prev = [], None
+    for i in ids:
+        i = int(i)
+        if i != prev and i != CTC_BLANK:
+            out.append(CTC_CHARS[i])
+        prev = i
+    return " ".join("".join(out).split())
+
+
 __all__ = [
+    "CTC_BLANK", "CTC_CHARS", "ctc_decode", "ctc_encode",
     "IGNORE_ID", "LANGUAGES", "TO_LANGUAGE_CODE", "Tokenizer", "get_tokenizer", "normalize_language",
 ]

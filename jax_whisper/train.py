@@ -1,16 +1,35 @@
-"""Training pieces for the Flax model: the token loss and the optimizer (the seed recipe's AdamW).
+"""Training Whisper in Flax: losses, the optimizer (the seed recipe's AdamW), the jitted step, checkpoints, and
+the training loop behind ``scripts/train_flax.py``.
 
-``torch_reference/train.py`` holds the same two pieces for the PyTorch reference; the parity suite checks that
-they compute the same loss, gradients and parameter updates.
+``torch_reference/train.py`` mirrors the losses, optimizer and loop for the PyTorch reference; the parity suite
+checks that both compute the same loss, gradients and parameter updates. The input pipeline lives in
+:mod:`jax_whisper.data`, evaluation (greedy decoding, WER) in :mod:`jax_whisper.evaluate`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax import Array
+
+from jax_whisper.audio import log_mel_spectrogram
+from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.convert import num_params
+from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.model import Buffer, Whisper
+from jax_whisper.runlog import MetricsLog, write_json_atomic
+from jax_whisper.tokenizer import CTC_CHARS, get_tokenizer
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
 
@@ -63,58 +82,378 @@ def make_optimizer(*, max_lr: float, warmup_steps: int, total_steps: int, weight
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
-@nnx.jit(static_argnames="label_smoothing")
-def train_step(model, optimizer: nnx.Optimizer, mel: Array, tokens: Array, targets: Array, *,
-               label_smoothing: float = 0.0) -> Array:
-    """One optimizer step on the mean token loss of the batch; returns that loss."""
-
-    def loss_fn(m):
-        total, count = cross_entropy(m(mel, tokens), targets, label_smoothing=label_smoothing)
-        return total / count
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
+# ==========================================================================================================
+# losses and steps
+# ==========================================================================================================
 
 
-def smoke_run(*, preset: str = "seed", steps: int = 30, batch_size: int = 8, n_utterances: int = 64,
-              max_lr: float = 1e-3, warmup_steps: int = 5, seed: int = 0, cache_dir=None, log=print) -> list[float]:
-    """A short real training run: ``steps`` AdamW steps of the ``preset`` model on a small eSpeak corpus.
+class CTCHead(nnx.Module):
+    """Optional auxiliary head: encoder output -> character logits for a CTC loss (hybrid CTC/attention).
 
-    The set-up check the README's first command runs until the full trainer (grain pipeline, checkpoints,
-    validation WER) replaces it. Returns the per-step training losses.
+    Not part of Whisper: checkpoints export without it. CTC makes the encoder produce monotonic, letter-like
+    features early, which the decoder's cross-attention then locks onto sooner than from the token loss alone.
     """
-    import numpy as np
 
-    from jax_whisper import synthetic
-    from jax_whisper.audio import HOP_LENGTH, load_audio, log_mel_spectrogram, pad_or_trim
-    from jax_whisper.config import WhisperConfig
-    from jax_whisper.model import Whisper
-    from jax_whisper.tokenizer import get_tokenizer
+    def __init__(self, n_state: int, n_chars: int, *, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(n_state, n_chars, rngs=rngs)
 
-    cfg = WhisperConfig.preset(preset)
-    tok = get_tokenizer(cfg)
-    manifests = synthetic.ensure_corpus(cache_dir, n_train=n_utterances, n_val=8, n_test=8, seed=seed)
-    rows = synthetic.load_manifest(manifests["train"])
-    pairs = [tok.encode_transcript(r["text"], cfg.n_text_ctx) for r in rows]
-    kept = [(r, p) for r, p in zip(rows, pairs, strict=True) if p is not None]
-    log(f"corpus {manifests['train'].parent}: {len(kept)} utterances ({len(rows) - len(kept)} dropped: too long)")
-    audio = np.stack([pad_or_trim(load_audio(r["audio"]), cfg.n_frames * HOP_LENGTH) for r, _ in kept])
-    mels = np.asarray(log_mel_spectrogram(audio, n_mels=cfg.n_mels))
-    tokens, targets = tok.pad_batch([p for _, p in kept], cfg.n_text_ctx)
+    def __call__(self, xa: Array) -> Array:
+        return self.proj(xa.astype(jnp.float32))
 
-    model = Whisper(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-    model.train()
-    optimizer = nnx.Optimizer(model, make_optimizer(max_lr=max_lr, warmup_steps=warmup_steps, total_steps=steps),
-                              wrt=nnx.Param)
 
-    rng = np.random.default_rng(seed)
-    losses = []
-    for step in range(steps):
-        idx = rng.choice(len(kept), size=min(batch_size, len(kept)), replace=False)
-        loss = float(train_step(model, optimizer, mels[idx], tokens[idx], targets[idx]))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}")
-        losses.append(loss)
-        log(f"step {step + 1}/{steps} loss {loss:.3f}")
-    return losses
+class TrainModel(nnx.Module):
+    """What the optimizer trains: the Whisper model and, when the CTC loss is on, its head."""
+
+    def __init__(self, whisper: Whisper, ctc: CTCHead | None = None):
+        self.whisper = whisper
+        self.ctc = ctc
+
+
+def ctc_lengths(n_samples: Array, ctc_labels: Array, ctc_paddings: Array, valid: Array):
+    """Encoder frames per row, label lengths, and which rows CTC can align (frames >= labels + repeats)."""
+    frames = (n_samples + 2 * HOP_LENGTH - 1) // (2 * HOP_LENGTH)  # after the stride-2 conv stem
+    real = ctc_paddings == 0
+    label_len = jnp.sum(real, axis=-1)
+    repeats = jnp.sum(real[:, 1:] & (ctc_labels[:, 1:] == ctc_labels[:, :-1]), axis=-1)
+    ok = valid & (label_len > 0) & (frames >= label_len + repeats)
+    return frames, label_len, ok
+
+
+def _counts(batch: dict):
+    n_tok = jnp.maximum(jnp.sum(batch["targets"] != IGNORE_INDEX), 1)
+    _, label_len, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
+    return n_tok, jnp.maximum(jnp.sum(jnp.where(ok, label_len, 0)), 1)
+
+
+def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: float = 0.0,
+                 ctc_weight: float = 0.0) -> dict:
+    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits).
+
+    The log-mel is computed here, on device inside the jitted step, from the padded audio (``batch["mel"]``,
+    if present, is used as is).
+    """
+    mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
+    xa = tm.whisper.embed_audio(mel)
+    logits = tm.whisper.logits(batch["tokens"], xa)
+    targets = batch["targets"]
+    ce, _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    correct = jnp.sum((jnp.argmax(logits, -1) == targets) & (targets != IGNORE_INDEX))
+    out = {"ce": ce, "correct": correct, "ctc": jnp.zeros((), jnp.float32)}
+    if ctc_weight:
+        frames, _, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
+        logit_paddings = (jnp.arange(xa.shape[1])[None, :] >= frames[:, None]).astype(jnp.float32)
+        per_row = optax.ctc_loss(tm.ctc(xa), logit_paddings, batch["ctc_labels"], batch["ctc_paddings"])
+        out["ctc"] = jnp.sum(jnp.where(ok, per_row, 0.0))
+    return out
+
+
+def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels: int, label_smoothing: float,
+                ctc_weight: float, grad_accum: int):
+    n_tok, n_chr = _counts(batch)
+    rows = batch["tokens"].shape[0]
+    if rows % grad_accum:
+        raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
+    size = rows // grad_accum
+
+    def loss_fn(m, micro):
+        parts = batch_losses(m, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
+        loss = parts["ce"] / n_tok
+        if ctc_weight:  # (1 - w) * attention + w * CTC, each a per-token / per-character mean over the batch
+            loss = (1.0 - ctc_weight) * loss + ctc_weight * parts["ctc"] / n_chr
+        return loss, parts
+
+    grads, totals = None, None
+    for k in range(grad_accum):  # micro-batches share the batch's normalisers, so the sum is the full-batch loss
+        micro = {key: v[k * size:(k + 1) * size] for key, v in batch.items()}
+        (loss, parts), g = nnx.value_and_grad(loss_fn, has_aux=True)(tm, micro)
+        parts = {"loss": loss, **parts}
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        totals = parts if totals is None else jax.tree.map(jnp.add, totals, parts)
+    grad_norm = optax.global_norm(grads)
+    optimizer.update(tm, grads)
+    return {"loss": totals["loss"], "ce": totals["ce"] / n_tok, "ctc": totals["ctc"] / n_chr,
+            "accuracy": totals["correct"] / n_tok, "grad_norm": grad_norm, "tokens": n_tok}
+
+
+train_step = nnx.jit(_train_step, static_argnames=("n_mels", "label_smoothing", "ctc_weight", "grad_accum"))
+train_step.__doc__ = """One optimizer step (jitted). ``batch``: the array part of a :mod:`jax_whisper.data` batch.
+
+Returns metrics: ``loss`` (the optimised objective), ``ce`` (token cross-entropy per token), ``ctc`` (per
+character), ``accuracy`` (next-token argmax), ``grad_norm`` (before clipping), ``tokens``."""
+
+
+@nnx.jit(static_argnames=("n_mels",))
+def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
+    """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``."""
+    parts = batch_losses(tm, batch, n_mels=n_mels)
+    return {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
+
+
+ARRAY_KEYS = ("audio", "n_samples", "tokens", "targets", "ctc_labels", "ctc_paddings", "valid")
+
+
+def device_batch(batch: dict) -> dict:
+    """The array part of a pipeline batch, as jax arrays."""
+    return {k: jnp.asarray(batch[k]) for k in ARRAY_KEYS}
+
+
+# ==========================================================================================================
+# checkpoints
+# ==========================================================================================================
+
+
+def _key_to_data(x):
+    return jax.random.key_data(x) if jnp.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key) else x
+
+
+class Checkpoints:
+    """The run's orbax checkpoints: the last ``keep`` periodic ones in ``<dir>/checkpoints`` and the best by
+    validation WER in ``<dir>/best``.
+
+    A checkpoint holds ``params`` (the Whisper weights, laid out as :func:`jax_whisper.convert.save_checkpoint`'s
+    Flax format, so ``scripts/convert.py`` reads it), ``extra`` (the CTC head), ``opt_state``, ``rng`` (dropout
+    key and counter) and ``meta`` (JSON: step, model and train configs, data-iterator state, metrics). orbax
+    writes a step into a temporary directory and renames it when complete, so a crash mid-save leaves no
+    checkpoint that loads half-written.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        root = Path(directory).absolute()
+        opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True,  # noqa: E731
+                                                      enable_async_checkpointing=False)
+        self.last = ocp.CheckpointManager(root / "checkpoints", options=opts(keep))
+        self.best = ocp.CheckpointManager(root / "best", options=opts(1))
+
+    @staticmethod
+    def _trees(tm: TrainModel, optimizer: nnx.Optimizer) -> dict:
+        trees = {
+            "params": nnx.to_pure_dict(nnx.state(tm.whisper, (nnx.Param, Buffer))),
+            "opt_state": nnx.to_pure_dict(nnx.state(optimizer)),
+            "rng": jax.tree.map(_key_to_data, nnx.to_pure_dict(nnx.state(tm, nnx.RngState))),
+        }
+        if tm.ctc is not None:
+            trees["extra"] = nnx.to_pure_dict(nnx.state(tm.ctc, nnx.Param))
+        return trees
+
+    def save(self, manager, step: int, tm: TrainModel, optimizer: nnx.Optimizer, meta: dict) -> None:
+        args = {k: self.ocp.args.StandardSave(v) for k, v in self._trees(tm, optimizer).items()}
+        manager.save(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonSave(meta), **args), force=True)
+        manager.wait_until_finished()
+
+    def restore(self, manager, step: int, tm: TrainModel, optimizer: nnx.Optimizer) -> dict:
+        """Load checkpoint ``step`` into ``tm`` and ``optimizer`` in place; returns its ``meta``."""
+        trees = self._trees(tm, optimizer)
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), trees)
+        args = {k: self.ocp.args.StandardRestore(v) for k, v in target.items()}
+        out = manager.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore(), **args))
+        _replace_pure(nnx.state(tm.whisper, (nnx.Param, Buffer)), tm.whisper, out["params"])
+        _replace_pure(nnx.state(optimizer), optimizer, out["opt_state"])
+        rng_state = nnx.state(tm, nnx.RngState)
+        current = nnx.to_pure_dict(rng_state)
+        rng = jax.tree.map(lambda cur, saved: jax.random.wrap_key_data(saved, impl=jax.random.key_impl(cur))
+                           if jnp.issubdtype(cur.dtype, jax.dtypes.prng_key) else saved, current, out["rng"])
+        _replace_pure(rng_state, tm, rng)
+        if tm.ctc is not None:
+            _replace_pure(nnx.state(tm.ctc, nnx.Param), tm.ctc, out["extra"])
+        return out["meta"]
+
+    def close(self) -> None:
+        self.last.close()
+        self.best.close()
+
+
+def _replace_pure(state, module, pure) -> None:
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+    nnx.update(module, state)
+
+
+# ==========================================================================================================
+# evaluation
+# ==========================================================================================================
+
+
+def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
+                  num_threads: int = 2) -> dict:
+    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER."""
+    from jax_whisper.evaluate import transcribe_batches
+    from jax_whisper.scoring import word_error_rate
+
+    tm.eval()
+    batches = list(iterate_eval(plan, num_threads=num_threads))
+    ce = correct = tokens = 0.0
+    for b in batches:
+        m = jax.device_get(eval_step(tm, device_batch(b), n_mels=cfg.n_mels))
+        ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
+    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches)
+    wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
+    tm.train()
+    return {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
+            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+
+
+# ==========================================================================================================
+# the run
+# ==========================================================================================================
+
+
+def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[tc.dtype]
+    rngs = nnx.Rngs(params=tc.seed, dropout=tc.seed + 1)
+    whisper = Whisper(cfg, dtype=dtype, rngs=rngs)
+    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS), rngs=rngs) if tc.ctc_weight else None
+    tm = TrainModel(whisper, ctc)
+    tm.train()
+    return tm
+
+
+def train(tc: TrainConfig, *, log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
+    """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
+
+    ``stop_after`` ends the loop early at that step (after its checkpoint), as an interruption would; tests use it.
+    """
+    t0 = time.time()
+    out = Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = tc.model_config()
+    tokenizer = get_tokenizer(cfg)
+    scoring = "gigaspeech" if tc.dataset.startswith("gigaspeech") else "whisper"
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+
+    sources = open_splits(tc, cfg)
+    for split, src in sources.items():
+        log(f"{split}: {len(src)} utterances from {src.name} (dropped: {src.stats.as_dict()})")
+    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
+    plan = Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=tc.batch_size,
+                seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)
+    evals = {s: Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+                     batch_size=tc.eval_batch_size, **shard) for s in ("validation", "test")}
+    for name, p in (("train", plan), *evals.items()):
+        log(f"{name}: planned {p.stats.as_dict()}")
+    total_steps = tc.max_steps or tc.epochs * plan.steps_per_epoch
+    log(f"buckets (frames, tokens): {plan.shapes()}; {plan.steps_per_epoch} steps/epoch, {total_steps} steps")
+
+    tm = init_model(tc, cfg)
+    tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                        weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
+                        end_lr_ratio=tc.end_lr_ratio)
+    optimizer = nnx.Optimizer(tm, tx, wrt=nnx.Param)
+    schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                           end_lr_ratio=tc.end_lr_ratio)
+    log(f"model: {tc.preset}, {num_params(tm.whisper) / 1e6:.1f}M parameters"
+        + (f" + CTC head ({len(CTC_CHARS)} characters)" if tm.ctc is not None else ""))
+
+    ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
+    start, data_state, history, prior = 0, None, [], {"train_seconds": 0.0, "wall_seconds": 0.0}
+    best = {"wer": None, "step": None}
+    if tc.resume and ckpt.last.latest_step() is not None:
+        meta = ckpt.restore(ckpt.last, ckpt.last.latest_step(), tm, optimizer)
+        start, data_state, history = meta["step"], meta["data_state"], meta["history"]
+        prior, best = meta["clock"], meta["best"]
+        log(f"resumed from {out / 'checkpoints'} at step {start}")
+    elif tc.resume:
+        log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
+                                                indent=2))
+    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None)
+
+    it = make_iterator(train_dataset(plan, total_steps), num_workers=tc.num_workers)
+    if data_state is not None:
+        it.set_state(data_state)
+
+    loop_start, eval_seconds = time.time(), 0.0
+
+    def clock() -> dict:
+        """Training time excludes validation; wall time is everything since the (first) process started."""
+        now = time.time()
+        return {"train_seconds": prior["train_seconds"] + now - loop_start - eval_seconds,
+                "wall_seconds": prior["wall_seconds"] + now - t0}
+
+    def meta(step: int) -> dict:
+        return {"step": step, "data_state": it.get_state(), "history": history, "best": best, "clock": clock(),
+                "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
+
+    def validate(step: int) -> None:
+        nonlocal best, eval_seconds
+        t_eval, c = time.time(), clock()
+        r = evaluate_plan(tm, cfg, tokenizer, evals["validation"], scoring=scoring)
+        eval_seconds += time.time() - t_eval
+        history.append({"step": step, "train_minutes": c["train_seconds"] / 60, "wall_minutes": c["wall_seconds"] / 60,
+                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"]})
+        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
+        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}% | "
+            f"ref: {ex['reference']!r} hyp: {ex['hypothesis']!r}")
+        if best["wer"] is None or r["wer"] < best["wer"]:
+            best = {"wer": r["wer"], "step": step}
+            ckpt.save(ckpt.best, step, tm, optimizer, meta(step))
+
+    bar = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    say = bar.write if bar is not None else log
+    status, step = "completed", start
+    window = []
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(it)
+            t_step = time.time()
+            m = jax.device_get(train_step(tm, optimizer, device_batch(batch), n_mels=cfg.n_mels,
+                                          label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight,
+                                          grad_accum=tc.grad_accum))
+            m = {k: float(v) for k, v in m.items()}
+            if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
+                status = "diverged"
+                say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "
+                    f"The last good checkpoint is kept in {out / 'checkpoints'}.")
+                break
+            window.append((time.time() - t_step, len(batch["id"])))
+            if step % tc.log_every == 0 or step == total_steps:
+                secs = sum(w[0] for w in window)
+                rate = {"samples_per_s": sum(w[1] for w in window) / max(secs, 1e-9),
+                        "steps_per_s": len(window) / max(secs, 1e-9)}
+                window.clear()
+                metrics.write("train", step, {**m, "lr": float(schedule(step - 1)), **rate,
+                                              "epoch": (step - 1) / plan.steps_per_epoch})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
+                                    ex_s=f"{rate['samples_per_s']:.1f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+            epoch_end = step % plan.steps_per_epoch == 0
+            if epoch_end or (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
+                validate(step)
+            if step % tc.checkpoint_every == 0 or epoch_end or step == total_steps or step == stop_after:
+                ckpt.save(ckpt.last, step, tm, optimizer, meta(step))
+            if step == stop_after:
+                status = "interrupted"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    c = clock()
+    results = {"status": status, "steps": step, "train_minutes": c["train_seconds"] / 60,
+               "wall_minutes": c["wall_seconds"] / 60, "val_wer": best["wer"], "best_step": best["step"],
+               "history": history, "dropped": {s: src.stats.as_dict() for s, src in sources.items()}}
+    if status == "completed":
+        if best["step"] is not None and best["step"] != step:
+            ckpt.restore(ckpt.best, best["step"], tm, optimizer)
+            log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
+        r = evaluate_plan(tm, cfg, tokenizer, evals["test"], scoring=scoring)
+        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
+                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60)
+    ckpt.close()
+    metrics.close()
+    write_json_atomic(out / "results.json", results)
+    if status == "completed":
+        log(f"results: {out / 'results.json'}")
+        log(f"test WER: {results['test_wer']:.1f}%")
+    elif status == "diverged":
+        raise FloatingPointError(f"training diverged at step {step}; last good checkpoint in {out / 'checkpoints'}")
+    return results

@@ -1,16 +1,34 @@
-"""Training pieces for the PyTorch reference: the token loss and the optimizer (the seed recipe's AdamW).
-
-Mirrors ``jax_whisper/train.py``.
+"""Training Whisper in PyTorch, the reference for ``jax_whisper/train.py``: the same losses (token cross-entropy,
+optional auxiliary CTC), optimizer (AdamW after global-norm clipping, warmup + cosine), step, checkpoints and
+training loop, over the same input pipeline (:mod:`jax_whisper.data`), so the two trainers can be compared
+step for step. Names and order mirror the Flax module. Never imports jax.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.data import Plan, iterate_eval, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.runlog import MetricsLog, write_json_atomic
+from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS, get_tokenizer
+from torch_reference.audio import HOP_LENGTH, log_mel_spectrogram
+from torch_reference.model import Whisper
+
+CONFIG_KEY = "jax_whisper_config"  # safetensors metadata key of the WhisperConfig (jax_whisper.convert._CONFIG_KEY)
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
 
 
@@ -44,3 +62,445 @@ def make_optimizer(model: nn.Module, *, max_lr: float, warmup_steps: int, total_
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup_steps=warmup_steps, total_steps=total_steps, end_lr_ratio=end_lr_ratio))
     return opt, sched
+
+
+# ==========================================================================================================
+# losses and steps
+# ==========================================================================================================
+
+
+class CTCHead(nn.Module):
+    """Optional auxiliary head: encoder output -> character logits for a CTC loss (hybrid CTC/attention).
+
+    Not part of Whisper: checkpoints export without it. Initialised as flax's ``nnx.Linear`` (LeCun truncated
+    normal kernel, zero bias), applied to the float32 encoder output.
+    """
+
+    def __init__(self, n_state: int, n_chars: int):
+        super().__init__()
+        self.proj = nn.Linear(n_state, n_chars)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = 1.0 / math.sqrt(self.proj.in_features) / 0.87962566  # corrects the std of N cut at ±2σ
+        nn.init.trunc_normal_(self.proj.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, xa: Tensor) -> Tensor:
+        return self.proj(xa.float())
+
+
+class TrainModel(nn.Module):
+    """What the optimizer trains: the Whisper model and, when the CTC loss is on, its head."""
+
+    def __init__(self, whisper: Whisper, ctc: CTCHead | None = None):
+        super().__init__()
+        self.whisper = whisper
+        self.ctc = ctc
+
+
+def ctc_lengths(n_samples: Tensor, ctc_labels: Tensor, ctc_paddings: Tensor, valid: Tensor):
+    """Encoder frames per row, label lengths, and which rows CTC can align (frames >= labels + repeats)."""
+    frames = (n_samples + 2 * HOP_LENGTH - 1) // (2 * HOP_LENGTH)  # after the stride-2 conv stem
+    real = ctc_paddings == 0
+    label_len = real.sum(dim=-1)
+    repeats = (real[:, 1:] & (ctc_labels[:, 1:] == ctc_labels[:, :-1])).sum(dim=-1)
+    ok = valid.bool() & (label_len > 0) & (frames >= label_len + repeats)
+    return frames, label_len, ok
+
+
+def ctc_per_row(logits: Tensor, frames: Tensor, labels: Tensor, label_len: Tensor) -> Tensor:
+    """CTC negative log-likelihood of every row (blank 0), as ``optax.ctc_loss`` computes it.
+
+    ``logits`` (B, T, C); only a row's first ``frames`` frames count (optax: ``logit_paddings``) and its first
+    ``label_len`` labels (optax: ``label_paddings``). Rows must be alignable, else the loss is inf.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, C)
+    return F.ctc_loss(logp, labels.long(), frames.long(), label_len.long(), blank=CTC_BLANK, reduction="none")
+
+
+def _counts(batch: dict) -> tuple[Tensor, Tensor]:
+    n_tok = (batch["targets"] != IGNORE_INDEX).sum().clamp(min=1)
+    _, label_len, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
+    return n_tok, torch.where(ok, label_len, 0).sum().clamp(min=1)
+
+
+def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: float = 0.0,
+                 ctc_weight: float = 0.0) -> dict:
+    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits).
+
+    The log-mel is computed from the padded audio (``batch["mel"]``, if present, is used as is). CTC counts the
+    rows :func:`ctc_lengths` finds alignable; the others are left out of the loss (never computed, so an
+    unalignable row's infinite loss cannot reach the gradients).
+    """
+    mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
+    xa = tm.whisper.embed_audio(mel)
+    logits = tm.whisper.logits(batch["tokens"], xa)
+    targets = batch["targets"]
+    ce, _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    correct = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()
+    out = {"ce": ce, "correct": correct, "ctc": torch.zeros((), dtype=torch.float32, device=xa.device)}
+    if ctc_weight:
+        frames, label_len, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"],
+                                            batch["valid"])
+        rows = ok.nonzero().squeeze(1)
+        if rows.numel():
+            out["ctc"] = ctc_per_row(tm.ctc(xa[rows]), frames[rows], batch["ctc_labels"][rows],
+                                     label_len[rows]).sum()
+    return out
+
+
+def train_step(tm: TrainModel, optimizer: torch.optim.Optimizer, scheduler, batch: dict, *, n_mels: int,
+               label_smoothing: float = 0.0, ctc_weight: float = 0.0, grad_accum: int = 1,
+               clip_norm: float | None = 1.0) -> dict[str, float]:
+    """One optimizer step, the Flax objective: ``ce / n_tok``, or with CTC
+    ``(1 - w) * ce / n_tok + w * ctc / n_chr``, normalised by the whole batch's token and character counts.
+
+    ``grad_accum`` micro-batches accumulate their share of the gradient (same normalisers, so the sum is the
+    full-batch gradient). Then global-norm clipping, the AdamW step and the scheduler step; a non-finite
+    loss or gradient norm skips both (the caller stops). Returns floats: ``loss``, ``ce`` (per token), ``ctc``
+    (per character), ``accuracy``, ``grad_norm`` (before clipping), ``tokens``.
+    """
+    n_tok, n_chr = _counts(batch)
+    rows = batch["tokens"].shape[0]
+    if rows % grad_accum:
+        raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
+    size = rows // grad_accum
+    optimizer.zero_grad(set_to_none=True)
+    totals = {"loss": 0.0, "ce": 0.0, "ctc": 0.0, "correct": 0.0}
+    for k in range(grad_accum):
+        micro = {key: v[k * size:(k + 1) * size] for key, v in batch.items() if torch.is_tensor(v)}
+        parts = batch_losses(tm, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
+        loss = parts["ce"] / n_tok
+        if ctc_weight:  # (1 - w) * attention + w * CTC, each a per-token / per-character mean over the batch
+            loss = (1.0 - ctc_weight) * loss + ctc_weight * parts["ctc"] / n_chr
+        loss.backward()
+        for key, v in (("loss", loss), *parts.items()):
+            totals[key] += float(v.detach())
+    params = [p for p in tm.parameters() if p.requires_grad]
+    for p in params:  # a parameter the loss did not reach has a zero gradient (optax still decays it), not None
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if clip_norm is None:
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    grad_norm = float(grad_norm)
+    if math.isfinite(grad_norm) and math.isfinite(totals["loss"]):
+        optimizer.step()
+        scheduler.step()
+    n_tok, n_chr = float(n_tok), float(n_chr)
+    return {"loss": totals["loss"], "ce": totals["ce"] / n_tok, "ctc": totals["ctc"] / n_chr,
+            "accuracy": totals["correct"] / n_tok, "grad_norm": grad_norm, "tokens": n_tok}
+
+
+ARRAY_KEYS = ("audio", "n_samples", "tokens", "targets", "ctc_labels", "ctc_paddings", "valid")
+_LONG_KEYS = ("n_samples", "tokens", "targets", "ctc_labels")
+
+
+def torch_batch(batch: dict, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """The array part of a pipeline batch as torch tensors (ids and lengths int64)."""
+    out = {}
+    for k in ARRAY_KEYS:
+        x = torch.tensor(np.asarray(batch[k]))
+        out[k] = (x.long() if k in _LONG_KEYS else x).to(device)
+    return out
+
+
+# ==========================================================================================================
+# checkpoints
+# ==========================================================================================================
+
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+
+
+class Checkpoints:
+    """The run's checkpoints: the last ``keep`` periodic ones in ``<dir>/checkpoints/<step>/`` and the best by
+    validation WER in ``<dir>/best/``.
+
+    A checkpoint directory holds ``model.safetensors`` (the Whisper weights with openai names, the config as
+    JSON in the metadata under ``"jax_whisper_config"``: the "torch" format ``jax_whisper.convert`` reads) and
+    ``trainer.pt`` (optimizer, scheduler, CTC head, RNG state, data-iterator state, history, step). Each
+    directory is written into a temporary sibling and renamed into place, so a crash mid-save never leaves a
+    half-written checkpoint.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        root = Path(directory).absolute()
+        self.last_dir, self.best_dir, self.keep = root / "checkpoints", root / "best", keep
+
+    def steps(self) -> list[int]:
+        if not self.last_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.last_dir.iterdir()
+                      if p.name.isdigit() and (p / MODEL_FILE).is_file() and (p / TRAINER_FILE).is_file())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, tm: TrainModel, optimizer, scheduler, meta: dict, *, best: bool = False) -> Path:
+        dst = self.best_dir if best else self.last_dir / str(step)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+        try:
+            save_safetensors(tm.whisper, tmp / MODEL_FILE)
+            trainer = {**meta, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "ctc": None if tm.ctc is None else tm.ctc.state_dict(), "torch_rng": torch.get_rng_state()}
+            torch.save(trainer, tmp / TRAINER_FILE)
+            for mode, f in ((0o644, tmp / MODEL_FILE), (0o644, tmp / TRAINER_FILE), (0o755, tmp)):
+                os.chmod(f, mode)  # mkdtemp (and safetensors' writer) create owner-only files
+            _replace_dir(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not best and self.keep > 0:
+            for old in self.steps()[: -self.keep]:
+                shutil.rmtree(self.last_dir / str(old), ignore_errors=True)
+        return dst
+
+    def restore(self, path: Path, tm: TrainModel, optimizer=None, scheduler=None) -> dict:
+        """Load the checkpoint in directory ``path`` into ``tm`` (and the optimizer, scheduler and torch RNG when
+        given) in place; returns the trainer state (step, data_state, history, ...)."""
+        from safetensors.torch import load_file
+
+        tm.whisper.load_state_dict(load_file(str(path / MODEL_FILE)), strict=True)
+        trainer = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
+        if tm.ctc is not None:
+            tm.ctc.load_state_dict(trainer["ctc"])
+        if optimizer is not None:
+            optimizer.load_state_dict(trainer["optimizer"])
+            scheduler.load_state_dict(trainer["scheduler"])
+            torch.set_rng_state(trainer["torch_rng"])
+        return trainer
+
+
+def save_safetensors(whisper: Whisper, path: str | os.PathLike) -> None:
+    """The Whisper weights (openai names, float32) with the config in the metadata: ``jax_whisper.convert``'s
+    "torch" checkpoint format (``load_checkpoint`` reads it)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().cpu().contiguous() for k, v in whisper.state_dict().items()}
+    save_file(state, str(path), metadata={CONFIG_KEY: whisper.cfg.to_json()})
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move directory ``src`` to ``dst``, an existing ``dst`` renamed aside first and removed afterwards."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+# ==========================================================================================================
+# evaluation
+# ==========================================================================================================
+
+
+@torch.no_grad()
+def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
+                  num_threads: int = 2) -> dict:
+    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER.
+
+    The encoder runs once per batch for both: the loss and the decoding read the same audio features.
+    """
+    from jax_whisper.scoring import word_error_rate
+    from torch_reference.decoding import decode_texts, greedy_decode_features
+
+    was_training = tm.training
+    tm.eval()
+    prompt = tokenizer.sot_sequence_including_notimestamps
+    eot = tokenizer.eot
+    suppress = tuple(range(eot + 1, cfg.n_vocab))  # specials and timestamps all follow eot
+    max_tokens = cfg.n_text_ctx - len(prompt) + 1
+    device = tm.whisper.device
+    ce = correct = tokens = 0.0
+    rows = []
+    for b in iterate_eval(plan, num_threads=num_threads):
+        tb = torch_batch(b, device)
+        mel = log_mel_spectrogram(tb["audio"], n_mels=cfg.n_mels)
+        mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
+        xa = tm.whisper.embed_audio(mel)
+        logits = tm.whisper.logits(tb["tokens"], xa)
+        part, count = cross_entropy(logits, tb["targets"])
+        hits = ((logits.argmax(dim=-1) == tb["targets"]) & (tb["targets"] != IGNORE_INDEX)).sum()
+        ce, correct, tokens = ce + float(part), correct + float(hits), tokens + float(count)
+        out = greedy_decode_features(tm.whisper, xa, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress)
+        hyps = decode_texts(tokenizer, out)
+        valid = np.asarray(b["valid"], bool)
+        rows += [{"id": b["id"][r], "reference": b["text"][r], "hypothesis": hyps[r]}
+                 for r in range(len(hyps)) if valid[r]]
+    wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
+    tm.train(was_training)
+    return {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
+            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+
+
+# ==========================================================================================================
+# the run
+# ==========================================================================================================
+
+
+def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
+    """Fresh weights from ``torch.manual_seed(tc.seed)``, in training mode."""
+    if tc.dtype != "float32":
+        raise ValueError(f"the PyTorch reference trains in float32 only, got dtype={tc.dtype!r}")
+    torch.manual_seed(tc.seed)
+    whisper = Whisper(cfg)
+    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS)) if tc.ctc_weight else None
+    tm = TrainModel(whisper, ctc)
+    tm.train()
+    return tm
+
+
+def num_params(model: nn.Module) -> int:
+    """Trainable parameters (the fixed encoder positions, a buffer, excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def train(tc: TrainConfig, *, log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
+    """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
+
+    The same loop as :func:`jax_whisper.train.train` over the same pipeline. ``stop_after`` ends the loop early at
+    that step (after its checkpoint), as an interruption would; tests use it.
+    """
+    t0 = time.time()
+    out = Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = tc.model_config()
+    tokenizer = get_tokenizer(cfg)
+    scoring = "gigaspeech" if tc.dataset.startswith("gigaspeech") else "whisper"
+
+    sources = open_splits(tc, cfg)
+    for split, src in sources.items():
+        log(f"{split}: {len(src)} utterances from {src.name} (dropped: {src.stats.as_dict()})")
+    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
+    plan = Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=tc.batch_size,
+                seed=tc.seed, curriculum_epochs=tc.curriculum_epochs)
+    evals = {s: Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+                     batch_size=tc.eval_batch_size) for s in ("validation", "test")}
+    for name, p in (("train", plan), *evals.items()):
+        log(f"{name}: planned {p.stats.as_dict()}")
+    total_steps = tc.max_steps or tc.epochs * plan.steps_per_epoch
+    log(f"buckets (frames, tokens): {plan.shapes()}; {plan.steps_per_epoch} steps/epoch, {total_steps} steps")
+
+    tm = init_model(tc, cfg)
+    optimizer, scheduler = make_optimizer(tm, max_lr=tc.max_lr, warmup_steps=tc.warmup_steps,
+                                          total_steps=total_steps, weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2,
+                                          eps=tc.eps, end_lr_ratio=tc.end_lr_ratio)
+    log(f"model: {tc.preset}, {num_params(tm.whisper) / 1e6:.1f}M parameters"
+        + (f" + CTC head ({len(CTC_CHARS)} characters)" if tm.ctc is not None else ""))
+
+    ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
+    start, data_state, history, train_seconds = 0, None, [], 0.0
+    best = {"wer": None, "step": None}
+    if tc.resume and ckpt.latest_step() is not None:
+        state = ckpt.restore(ckpt.last_dir / str(ckpt.latest_step()), tm, optimizer, scheduler)
+        start, data_state, history = state["step"], state["data_state"], state["history"]
+        train_seconds, best = state["train_seconds"], state["best"]
+        log(f"resumed from {out / 'checkpoints'} at step {start}")
+    elif tc.resume:
+        log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
+                                                indent=2))
+    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None)
+
+    it = make_iterator(train_dataset(plan, total_steps), num_workers=tc.num_workers)
+    if data_state is not None:
+        it.set_state(data_state)
+
+    def meta(step: int) -> dict:
+        return {"step": step, "data_state": it.get_state(), "history": history, "best": best,
+                "train_seconds": train_seconds, "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
+
+    def validate(step: int) -> None:
+        nonlocal best
+        r = evaluate_plan(tm, cfg, tokenizer, evals["validation"], scoring=scoring)
+        history.append({"step": step, "minutes": (train_seconds + time.time() - t_loop) / 60,
+                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"]})
+        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
+        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}% | "
+            f"ref: {ex['reference']!r} hyp: {ex['hypothesis']!r}")
+        if best["wer"] is None or r["wer"] < best["wer"]:
+            best = {"wer": r["wer"], "step": step}
+            ckpt.save(step, tm, optimizer, scheduler, meta(step), best=True)
+
+    bar = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    say = bar.write if bar is not None else log
+    status, step = "completed", start
+    t_loop = time.time()
+    window = []
+    tm.train()
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(it)
+            t_step = time.time()
+            m = train_step(tm, optimizer, scheduler, torch_batch(batch, tm.whisper.device), n_mels=cfg.n_mels,
+                           label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=tc.grad_accum,
+                           clip_norm=tc.clip_norm)
+            if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
+                status = "diverged"
+                say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "
+                    f"The last good checkpoint is kept in {out / 'checkpoints'}.")
+                break
+            window.append((time.time() - t_step, len(batch["id"])))
+            if step % tc.log_every == 0 or step == total_steps:
+                secs = sum(w[0] for w in window)
+                rate = {"samples_per_s": sum(w[1] for w in window) / max(secs, 1e-9),
+                        "steps_per_s": len(window) / max(secs, 1e-9)}
+                window.clear()
+                lr = tc.max_lr * lr_factor(step - 1, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                                           end_lr_ratio=tc.end_lr_ratio)
+                metrics.write("train", step, {**m, "lr": lr, **rate, "epoch": (step - 1) / plan.steps_per_epoch})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
+                                    ex_s=f"{rate['samples_per_s']:.1f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+            epoch_end = step % plan.steps_per_epoch == 0
+            if epoch_end or (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
+                train_seconds += time.time() - t_loop
+                t_loop = time.time()
+                validate(step)
+                t_loop = time.time()
+            if step % tc.checkpoint_every == 0 or epoch_end or step == total_steps or step == stop_after:
+                train_seconds += time.time() - t_loop
+                t_loop = time.time()
+                ckpt.save(step, tm, optimizer, scheduler, meta(step))
+            if step == stop_after:
+                status = "interrupted"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    train_seconds += time.time() - t_loop
+
+    results = {"status": status, "steps": step, "train_minutes": train_seconds / 60,
+               "wall_minutes": (time.time() - t0) / 60, "val_wer": best["wer"], "best_step": best["step"],
+               "history": history, "dropped": {s: src.stats.as_dict() for s, src in sources.items()}}
+    if status == "completed":
+        if best["step"] is not None and best["step"] != step:
+            ckpt.restore(ckpt.best_dir, tm)
+            log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
+        r = evaluate_plan(tm, cfg, tokenizer, evals["test"], scoring=scoring)
+        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
+                       test_utterances=r["utterances"], wall_minutes=(time.time() - t0) / 60)
+    metrics.close()
+    write_json_atomic(out / "results.json", results)
+    if status == "completed":
+        log(f"results: {out / 'results.json'}")
+        log(f"test WER: {results['test_wer']:.1f}%")
+    elif status == "diverged":
+        raise FloatingPointError(f"training diverged at step {step}; last good checkpoint in {out / 'checkpoints'}")
+    return results

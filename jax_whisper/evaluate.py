@@ -1,0 +1,216 @@
+"""Evaluation: batched greedy decoding under ``jit``, token -> text, word error rate, and the loop that ties them.
+
+* :func:`greedy_decode` runs the prompt through the decoder once and then one token per iteration of a
+  ``lax.while_loop`` over the fixed-size key/value cache, so a batch shape compiles once and the loop stops as
+  soon as every row has emitted ``eot``.
+* :func:`decode_texts` turns its output into strings.
+* :func:`jax_whisper.scoring.word_error_rate` (re-exported here) scores hypotheses against references.
+* :func:`transcribe_batches` runs the three over the data pipeline's batches (``jax_whisper.data``'s format).
+
+The model must be in eval mode (``model.eval()``): dropout would make decoding random, and its RNG cannot
+advance inside the decoding loop. :func:`greedy_decode` raises if it finds active dropout.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import Array, lax
+
+from jax_whisper.config import WhisperConfig
+from jax_whisper.scoring import SCORINGS, word_error_rate  # noqa: F401  (re-exported)
+from jax_whisper.tokenizer import Tokenizer
+
+# How often the decoding function has been traced (Python side effect, runs only while tracing): lets tests
+# check that same-shape calls reuse one compilation.
+_TRACE_COUNT = {"greedy_decode": 0}
+
+
+def _check_eval_mode(model: nnx.Module) -> None:
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Dropout) and module.rate > 0 and not module.deterministic:
+            name = ".".join(map(str, path)) or "model"
+            raise ValueError(f"{name} is a Dropout(rate={module.rate}) in training mode: call model.eval() "
+                             "before decoding (and model.train() to resume training)")
+
+
+@functools.partial(nnx.jit, static_argnames=("prompt", "eot", "max_tokens", "suppress"))
+def _greedy_decode(model, mel: Array, prompt: tuple[int, ...], eot: int, max_tokens: int,
+                   suppress: tuple[int, ...]) -> tuple[Array, Array]:
+    """Returns ``(tokens, steps)``: steps = token positions the loop filled (< max_tokens if it stopped early)."""
+    _TRACE_COUNT["greedy_decode"] += 1
+    n_batch = mel.shape[0]
+    n_ctx = model.decoder.positional_embedding.shape[0]
+    # Token i (0-based) is predicted from position len(prompt) + i - 1, which must exist in the context; the
+    # last token is never fed back, so len(prompt) + i - 1 <= n_ctx - 1 (openai-whisper's limit too).
+    limit = min(max_tokens, n_ctx - len(prompt) + 1)
+
+    audio = model.embed_audio(mel)
+    cache = model.init_cache(audio, n_ctx)
+    prompt_tokens = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (n_batch, len(prompt)))
+    logits, cache = model.logits(prompt_tokens, audio, cache)
+    n_vocab = logits.shape[-1]
+    if not 0 <= eot < n_vocab or any(not 0 <= t < n_vocab for t in suppress):
+        raise ValueError(f"eot {eot} and suppress ids must be in [0, {n_vocab}) (the model's vocabulary)")
+    bias = np.zeros(n_vocab, np.float32)
+    bias[list(suppress)] = -np.inf
+
+    def pick(logits: Array) -> Array:
+        return jnp.argmax(logits[:, -1] + bias, axis=-1).astype(jnp.int32)
+
+    first = pick(logits)
+    out = jnp.full((n_batch, max_tokens), eot, jnp.int32).at[:, 0].set(first)
+
+    def cond(state):
+        i, _, done, _ = state
+        return (i < limit) & ~jnp.all(done)
+
+    def body(state):
+        i, out, done, cache = state
+        prev = lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # (B, 1): the last token, fed at its position
+        logits, cache = model.logits(prev, audio, cache)
+        token = jnp.where(done, eot, pick(logits))  # finished rows keep emitting eot: the padding
+        out = lax.dynamic_update_slice_in_dim(out, token[:, None], i, axis=1)
+        return i + 1, out, done | (token == eot), cache
+
+    steps, out, _, _ = lax.while_loop(cond, body, (jnp.int32(1), out, first == eot, cache))
+    return out, steps
+
+
+def greedy_decode(model: nnx.Module, mel: Array | np.ndarray, prompt: Sequence[int], *, eot: int,
+                  max_tokens: int, suppress: Iterable[int] | None = None) -> Array:
+    """Batched greedy (argmax) decoding with the key/value cache; returns ``(B, max_tokens)`` int32 tokens.
+
+    ``mel``: (B, n_mels, frames) log-mel, frames even and at most ``2 * n_audio_ctx``. ``prompt``: the decoder
+    prefix (e.g. ``tokenizer.sot_sequence_including_notimestamps``), shared by all rows. ``suppress``: token
+    ids never emitted (e.g. the special tokens other than ``eot``). A row's tokens after its first ``eot`` are
+    ``eot``. Decoding stops when every row has emitted ``eot``, after ``max_tokens`` tokens, or when the text
+    context is full (at most ``n_text_ctx - len(prompt) + 1`` tokens; a row cut there is padded with ``eot``
+    too, so it looks finished).
+
+    Compiled once per (batch shape, prompt, eot, max_tokens, suppress). The model must be in eval mode
+    (``model.eval()``); active dropout raises ValueError.
+    """
+    prompt = tuple(int(t) for t in prompt)
+    suppress = tuple(sorted({int(t) for t in suppress or ()}))
+    n_ctx = model.decoder.positional_embedding.shape[0]
+    if not 0 < len(prompt) <= n_ctx:
+        raise ValueError(f"prompt must hold 1..{n_ctx} (n_text_ctx) tokens, got {len(prompt)}")
+    if not (isinstance(max_tokens, int | np.integer) and max_tokens >= 1):
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    if int(eot) in suppress:
+        raise ValueError(f"suppress contains eot ({eot}): no row could ever finish")
+    _check_eval_mode(model)
+    tokens, _ = _greedy_decode(model, jnp.asarray(mel, jnp.float32), prompt, int(eot), int(max_tokens), suppress)
+    return tokens
+
+
+def decode_texts(tokenizer: Tokenizer, tokens: Array | np.ndarray) -> list[str]:
+    """Each row of ``tokens`` cut at its first ``eot``, special tokens (ids >= eot) dropped, decoded, stripped."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (batch, n), got shape {tokens.shape}")
+    eot = tokenizer.eot
+    texts = []
+    for row in tokens.tolist():
+        if eot in row:
+            row = row[: row.index(eot)]
+        texts.append(tokenizer.decode([t for t in row if 0 <= t < eot]).strip())
+    return texts
+
+
+# ==========================================================================================================
+# Evaluation loop
+# ==========================================================================================================
+
+
+def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokenizer,
+                       batches: Iterable[Mapping[str, Any]], *, max_tokens: int | None = None,
+                       log_mel: Callable[[np.ndarray], Array] | None = None) -> list[dict[str, str]]:
+    """Greedy transcripts of the data pipeline's batches: ``[{"id", "reference", "hypothesis"}]`` for the rows
+    with ``valid`` True, in batch order. The model must be in eval mode.
+
+    A batch holds ``audio`` (B, S) float32 16 kHz samples (zero-padded), ``valid`` (B,) bool (False marks
+    filler rows, which are decoded with the rest, to keep shapes fixed, and then dropped; all rows count as
+    valid if the key is missing), ``text`` and ``id`` (lists of B strings); other keys are ignored.
+
+    The log-mel is ``log_mel(audio)``, by default ``log_mel_spectrogram(audio, n_mels=cfg.n_mels)``:
+    ``S // 160`` frames, and if that is odd the last frame is dropped (the conv stem has stride 2; dropping,
+    not padding, like the frontend's own trailing frame). OpenAI checkpoints were trained on 30 s windows
+    only: for them pass e.g. ``log_mel=lambda a: log_mel_spectrogram(a, 80, padding=480000 - a.shape[-1])``.
+    Decoding prompts with ``tokenizer.sot_sequence_including_notimestamps`` and suppresses every special
+    token but ``eot``; ``max_tokens`` defaults to all the text context can hold. Each distinct ``(B, S)``
+    compiles once.
+    """
+    if log_mel is None:
+        from jax_whisper.audio import log_mel_spectrogram
+
+        log_mel = functools.partial(log_mel_spectrogram, n_mels=cfg.n_mels)
+    prompt = tokenizer.sot_sequence_including_notimestamps
+    eot = tokenizer.eot
+    suppress = tuple(t for t in range(eot + 1, cfg.n_vocab))  # specials and timestamps all follow eot
+    if max_tokens is None:
+        max_tokens = cfg.n_text_ctx - len(prompt) + 1
+
+    results = []
+    for k, batch in enumerate(batches):
+        audio = np.asarray(batch["audio"], np.float32)
+        if audio.ndim != 2:
+            raise ValueError(f"batch {k}: audio must be (batch, samples), got shape {audio.shape}")
+        n = audio.shape[0]
+        valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(n, bool)
+        texts, ids = list(batch["text"]), list(batch["id"])
+        if not (valid.shape == (n,) and len(texts) == n and len(ids) == n):
+            raise ValueError(f"batch {k}: {n} audio rows but valid {valid.shape}, {len(texts)} texts, "
+                             f"{len(ids)} ids")
+        mel = log_mel(audio)
+        mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
+        tokens = greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress)
+        hypotheses = decode_texts(tokenizer, tokens)
+        results += [{"id": ids[r], "reference": texts[r], "hypothesis": hypotheses[r]}
+                    for r in range(n) if valid[r]]
+    return results
+
+
+__all__ = ["SCORINGS", "decode_texts", "greedy_decode", "transcribe_batches", "word_error_rate"]
+
+
+# ==========================================================================================================
+# A checkpoint on a dataset
+# ==========================================================================================================
+
+
+def evaluate_checkpoint(checkpoint, dataset: str, split: str = "test", *, cache_dir=None, batch_size: int = 32,
+                        n_buckets: int = 5, full_window: bool | None = None, scoring: str | None = None,
+                        dataset_kw: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Greedy-decode every utterance of ``dataset``/``split`` with the model at ``checkpoint`` and score it.
+
+    Audio is padded to length buckets (as in training) unless ``full_window`` (default: for models with
+    OpenAI's 30 s window, which they were trained on exclusively). ``scoring`` defaults to ``"gigaspeech"``
+    for GigaSpeech, else ``"whisper"``. Returns ``wer`` and the counts of :func:`word_error_rate`, the drops,
+    and ``rows`` (id, reference, hypothesis) in dataset order within each bucket.
+    """
+    from jax_whisper.convert import load_checkpoint
+    from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval, quantile_buckets
+    from jax_whisper.datasets import SAMPLE_RATE, open_dataset
+    from jax_whisper.tokenizer import get_tokenizer
+
+    cfg, model = load_checkpoint(checkpoint)
+    tokenizer = get_tokenizer(cfg)
+    scoring = scoring or ("gigaspeech" if dataset.startswith("gigaspeech") else "whisper")
+    source = open_dataset(dataset, split, cache_dir=cache_dir, max_seconds=cfg.n_frames * HOP_LENGTH / SAMPLE_RATE,
+                          **dict(dataset_kw or {}))
+    if full_window is None:
+        full_window = cfg.n_audio_ctx == 1500
+    buckets = (cfg.n_frames,) if full_window else quantile_buckets(source.durations(), cfg.n_frames, n_buckets)
+    plan = Plan(source, tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=batch_size)
+    log(f"{source.name}: {len(plan)} utterances (planning dropped {plan.stats.as_dict()}, "
+        f"source dropped {source.stats.as_dict()})")
+    rows = transcribe_batches(model, cfg, tokenizer, iterate_eval(plan))
+    wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
+    return {**wer, "scoring": scoring, "dropped": {**source.stats.as_dict(), **plan.stats.as_dict()}, "rows": rows}

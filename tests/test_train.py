@@ -1,0 +1,204 @@
+"""The Flax trainer on a shrunk model and a small eSpeak corpus: a whole run (metrics, checkpoints, results,
+the last line), exact resume after SIGKILL, the NaN stop, gradient accumulation, and checkpoint conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_whisper import train as train_mod
+from jax_whisper.config import TrainConfig
+from jax_whisper.convert import flax_to_numpy, load_checkpoint, training_checkpoint
+from jax_whisper.data import Plan, quantile_buckets
+from jax_whisper.datasets import open_dataset
+from jax_whisper.tokenizer import get_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "n_audio_state=64,n_text_state=64,n_audio_head=2,n_text_head=2,n_audio_layer=1,n_text_layer=1"
+CORPUS = dict(n_train=40, n_val=8, n_test=8)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    open_dataset("synthetic", "train", cache_dir=d, **CORPUS)  # build once for the module
+    return d
+
+
+def tiny_config(cache_dir, out, **kw) -> TrainConfig:
+    base = dict(model=TINY, cache_dir=str(cache_dir), **CORPUS, batch_size=4, buckets=2, eval_batch_size=8,
+                warmup_steps=2, max_lr=5e-3, output_dir=str(out), progress=False, tensorboard=True,
+                checkpoint_every=100, keep_checkpoints=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained_run(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    lines = []
+    results = train_mod.train(tiny_config(cache_dir, out, epochs=2), log=lines.append)
+    return out, results, lines
+
+
+def test_run_writes_results_metrics_and_checkpoints(trained_run):
+    out, results, lines = trained_run
+    assert results["status"] == "completed"
+    on_disk = json.loads((out / "results.json").read_text())
+    for key in ("test_wer", "val_wer", "steps", "train_minutes"):
+        assert on_disk[key] == results[key]
+    assert lines[-1] == f"test WER: {results['test_wer']:.1f}%"
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(10, results["steps"] + 1, 10)) + (
+        [results["steps"]] if results["steps"] % 10 else [])
+    assert all(math.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train)
+    assert len([r for r in records if r["split"] == "validation"]) == 2  # once per epoch
+    assert [r["split"] for r in records].count("test") == 1
+    assert any(f.name.startswith("events.out.tfevents") for f in (out / "tensorboard").iterdir())
+    kept = sorted(int(d.name) for d in (out / "checkpoints").iterdir() if d.name.isdigit())
+    assert len(kept) == 2 and kept[-1] == results["steps"]  # keep_checkpoints=2
+    assert results["best_step"] in [h["step"] for h in results["history"]]
+    assert training_checkpoint(out) == out / "best" / str(results["best_step"])
+
+
+def test_loss_falls(trained_run):
+    out, results, _ = trained_run
+    losses = [json.loads(x)["ce"] for x in (out / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["split"] == "train"]
+    assert losses[0] > math.log(50262) - 2.5  # ~uniform over the vocabulary at the start
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_training_checkpoint_converts_to_torch(trained_run, tmp_path):
+    import importlib.util
+
+    import torch
+
+    from torch_reference.model import Whisper as TorchWhisper
+
+    spec = importlib.util.spec_from_file_location("convert_cli", ROOT / "scripts" / "convert.py")
+    convert_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert_cli)
+
+    out, _, _ = trained_run
+    assert convert_cli.main([str(out), str(tmp_path / "m.safetensors"), "--to", "torch"]) == 0
+    cfg, jm = load_checkpoint(out)
+    from safetensors.torch import load_file
+
+    tm = TorchWhisper(cfg)
+    tm.load_state_dict(load_file(str(tmp_path / "m.safetensors")), strict=True)
+    tm.eval()
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((2, cfg.n_mels, 100)).astype(np.float32)
+    tokens = rng.integers(0, cfg.n_vocab, (2, 7))
+    want = tm(torch.from_numpy(mel), torch.from_numpy(tokens)).detach().numpy()
+    got = np.asarray(jm(mel, tokens))
+    assert np.abs(got - want).max() <= 5e-5 * max(1.0, np.abs(want).max())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
+    real_step = train_mod.train_step
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        m = real_step(*args, **kw)
+        return {**m, "loss": m["loss"] * np.nan} if calls["n"] == 5 else m
+
+    monkeypatch.setattr(train_mod, "train_step", poisoned)
+    tc = tiny_config(cache_dir, tmp_path / "run", epochs=1, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="diverged at step 5"):
+        train_mod.train(tc, log=lambda s: None)
+    steps = sorted(int(d.name) for d in (tmp_path / "run" / "checkpoints").iterdir() if d.name.isdigit())
+    assert steps == [2, 4]  # step 5 was never saved
+    _, jm = load_checkpoint(tmp_path / "run" / "checkpoints" / "4")
+    assert all(np.isfinite(v).all() for v in flax_to_numpy(jm).values())
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "diverged"
+
+
+def test_gradient_accumulation_equals_full_batch(cache_dir):
+    tc = tiny_config(cache_dir, "unused", dropout=0.0)
+    cfg = tc.model_config()
+    src = open_dataset("synthetic", "train", cache_dir=cache_dir, **CORPUS)
+    plan = Plan(src, get_tokenizer(cfg), n_text_ctx=cfg.n_text_ctx, buckets=quantile_buckets(src.durations(), 500, 1),
+                batch_size=4)
+    batch = train_mod.device_batch(plan.collate(*plan.step(0)))
+    params = []
+    for accum in (1, 2):
+        tm = train_mod.init_model(tc, cfg)
+        opt = nnx.Optimizer(tm, train_mod.make_optimizer(max_lr=1e-3, warmup_steps=0, total_steps=10), wrt=nnx.Param)
+        m = train_mod.train_step(tm, opt, batch, n_mels=cfg.n_mels, label_smoothing=0.1, ctc_weight=0.3,
+                                 grad_accum=accum)
+        params.append((float(m["loss"]), jax.tree.leaves(nnx.state(tm, nnx.Param))))
+    (l1, p1), (l2, p2) = params
+    assert abs(l1 - l2) <= 1e-5 * abs(l1)
+    for a, b in zip(p1, p2, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(a), 1e-12)
+
+
+def _cli(cache_dir, out, *extra):
+    return [sys.executable, str(ROOT / "scripts" / "train_flax.py"), "--model", TINY, "--cache-dir", str(cache_dir),
+            "--n-train", "40", "--n-val", "8", "--n-test", "8", "--batch-size", "4", "--buckets", "2",
+            "--max-steps", "8", "--epochs", "100", "--checkpoint-every", "2", "--warmup-steps", "2",
+            "--eval-batch-size", "8", "--progress", "false", "--tensorboard", "false", "--output-dir", str(out),
+            *extra]
+
+
+def test_resume_after_sigkill_reaches_the_same_parameters(cache_dir, tmp_path):
+    """Dropout stays on (the preset's 0.1), so the restored RNG state matters as much as weights and data."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(_cli(cache_dir, tmp_path / "a"), check=True, env=env, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_cli(cache_dir, tmp_path / "b"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not (tmp_path / "b" / "checkpoints" / "4").is_dir():  # orbax renames a step into place when complete
+        assert proc.poll() is None and time.time() < deadline, "run ended before its step-4 checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(int(d.name) for d in (tmp_path / "b" / "checkpoints").iterdir() if d.name.isdigit())
+    assert killed_at < 8
+
+    r = subprocess.run(_cli(cache_dir, tmp_path / "b", "--resume"), env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"at step {killed_at}" in r.stdout
+    _, a = load_checkpoint(tmp_path / "a" / "checkpoints" / "8")
+    _, b = load_checkpoint(tmp_path / "b" / "checkpoints" / "8")
+    pa, pb = flax_to_numpy(a), flax_to_numpy(b)
+    diff = {k: float(np.abs(pa[k] - pb[k]).max()) for k in pa}
+    assert max(diff.values()) == 0.0, sorted(diff.items(), key=lambda kv: -kv[1])[:5]
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    assert ra["test_wer"] == rb["test_wer"] and ra["val_wer"] == rb["val_wer"]
+
+
+def test_config_cli_round_trip():
+    import argparse
+
+    from jax_whisper.config import add_config_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    tc = config_from_args(p.parse_args(["--batch-size", "32", "--resume", "--dropout", "none", "--ctc-weight", "0"]))
+    assert tc.batch_size == 32 and tc.resume is True and tc.dropout is None and tc.ctc_weight == 0.0
+    seed = config_from_args(p.parse_args(["--recipe", "seed"]))
+    assert (seed.batch_size, seed.epochs, seed.max_lr, seed.weight_decay) == (64, 10, 2e-4, 0.01)
+    assert dataclasses.replace(tc, model="n_text_layer=2").model_config().n_text_layer == 2
+    with pytest.raises(ValueError, match="n_layers"):
+        dataclasses.replace(tc, model="n_layers=2").model_config()
