@@ -335,6 +335,18 @@ class Tokenizer:
         """Ids -> text keeping special and timestamp tokens as text, e.g. "<|1.08|>"."""
         return self.encoding.decode(self._check_ids(ids))
 
+    def decode_batch(self, tokens: np.ndarray) -> list[str]:
+        """Decoder output rows to text: each row cut at its first ``eot``, special ids (>= eot) dropped, stripped."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, n), got shape {tokens.shape}")
+        texts = []
+        for row in tokens.tolist():
+            if self.eot in row:
+                row = row[: row.index(self.eot)]
+            texts.append(self.decode([t for t in row if 0 <= t < self.eot]).strip())
+        return texts
+
     # ---- training ----
 
     def encode_transcript(self, text: str, n_text_ctx: int, *, mask_prompt: bool = False

@@ -8,11 +8,7 @@ checks that both compute the same loss, gradients and parameter updates. The inp
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +22,10 @@ from jax import Array
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
-from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval
+from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
-from jax_whisper.runlog import MetricsLog, write_json_atomic
-from jax_whisper.tokenizer import CTC_CHARS, get_tokenizer
+from jax_whisper.tokenizer import CTC_CHARS
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
 
@@ -309,151 +305,49 @@ def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
     return tm
 
 
+class FlaxBackend:
+    """The Flax side of :func:`jax_whisper.loop.fit`: model, optimizer, jitted step, orbax checkpoints, evaluation."""
+
+    def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
+        self.tc, self.cfg = tc, cfg
+        self.tm = init_model(tc, cfg)
+        tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                            weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
+                            end_lr_ratio=tc.end_lr_ratio)
+        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)
+        self.schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                                    end_lr_ratio=tc.end_lr_ratio)
+        self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
+        return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
+                + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
+                + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()}")
+
+    def latest_step(self) -> int | None:
+        return self.ckpt.last.latest_step()
+
+    def save(self, step: int, meta: dict, best: bool = False) -> None:
+        self.ckpt.save(self.ckpt.best if best else self.ckpt.last, step, self.tm, self.optimizer, meta)
+
+    def restore(self, step: int, best: bool = False) -> dict:
+        return self.ckpt.restore(self.ckpt.best if best else self.ckpt.last, step, self.tm, self.optimizer)
+
+    def step(self, batch: dict) -> dict[str, float]:
+        tc = self.tc
+        m = train_step(self.tm, self.optimizer, device_batch(batch), n_mels=self.cfg.n_mels,
+                       label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=tc.grad_accum)
+        return {k: float(v) for k, v in jax.device_get(m).items()}
+
+    def lr(self, step: int) -> float:
+        return float(self.schedule(step))
+
+    def evaluate(self, plan: Plan, tokenizer, scoring: str) -> dict:
+        return evaluate_plan(self.tm, self.cfg, tokenizer, plan, scoring=scoring)
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
 def train(tc: TrainConfig, *, log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
-    """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
-
-    ``stop_after`` ends the loop early at that step (after its checkpoint), as an interruption would; tests use it.
-    """
-    t0 = time.time()
-    out = Path(tc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = tc.model_config()
-    tokenizer = get_tokenizer(cfg)
-    scoring = "gigaspeech" if tc.dataset.startswith("gigaspeech") else "whisper"
-    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-
-    sources = open_splits(tc, cfg)
-    for split, src in sources.items():
-        log(f"{split}: {len(src)} utterances from {src.name} (dropped: {src.stats.as_dict()})")
-    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
-    plan = Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=tc.batch_size,
-                seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)
-    evals = {s: Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
-                     batch_size=tc.eval_batch_size, **shard) for s in ("validation", "test")}
-    for name, p in (("train", plan), *evals.items()):
-        log(f"{name}: planned {p.stats.as_dict()}")
-    total_steps = tc.max_steps or tc.epochs * plan.steps_per_epoch
-    log(f"buckets (frames, tokens): {plan.shapes()}; {plan.steps_per_epoch} steps/epoch, {total_steps} steps")
-
-    tm = init_model(tc, cfg)
-    tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
-                        weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
-                        end_lr_ratio=tc.end_lr_ratio)
-    optimizer = nnx.Optimizer(tm, tx, wrt=nnx.Param)
-    schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
-                           end_lr_ratio=tc.end_lr_ratio)
-    log(f"model: {tc.preset}, {num_params(tm.whisper) / 1e6:.1f}M parameters"
-        + (f" + CTC head ({len(CTC_CHARS)} characters)" if tm.ctc is not None else ""))
-
-    ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
-    start, data_state, history, prior = 0, None, [], {"train_seconds": 0.0, "wall_seconds": 0.0}
-    best = {"wer": None, "step": None}
-    if tc.resume and ckpt.last.latest_step() is not None:
-        meta = ckpt.restore(ckpt.last, ckpt.last.latest_step(), tm, optimizer)
-        start, data_state, history = meta["step"], meta["data_state"], meta["history"]
-        prior, best = meta["clock"], meta["best"]
-        log(f"resumed from {out / 'checkpoints'} at step {start}")
-    elif tc.resume:
-        log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
-    (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
-                                                indent=2))
-    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None)
-
-    it = make_iterator(train_dataset(plan, total_steps), num_workers=tc.num_workers)
-    if data_state is not None:
-        it.set_state(data_state)
-
-    loop_start, eval_seconds = time.time(), 0.0
-
-    def clock() -> dict:
-        """Training time excludes validation; wall time is everything since the (first) process started."""
-        now = time.time()
-        return {"train_seconds": prior["train_seconds"] + now - loop_start - eval_seconds,
-                "wall_seconds": prior["wall_seconds"] + now - t0}
-
-    def meta(step: int) -> dict:
-        return {"step": step, "data_state": it.get_state(), "history": history, "best": best, "clock": clock(),
-                "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
-
-    def validate(step: int) -> None:
-        nonlocal best, eval_seconds
-        t_eval, c = time.time(), clock()
-        r = evaluate_plan(tm, cfg, tokenizer, evals["validation"], scoring=scoring)
-        eval_seconds += time.time() - t_eval
-        history.append({"step": step, "train_minutes": c["train_seconds"] / 60, "wall_minutes": c["wall_seconds"] / 60,
-                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"]})
-        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
-        ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
-        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}% | "
-            f"ref: {ex['reference']!r} hyp: {ex['hypothesis']!r}")
-        if best["wer"] is None or r["wer"] < best["wer"]:
-            best = {"wer": r["wer"], "step": step}
-            ckpt.save(ckpt.best, step, tm, optimizer, meta(step))
-
-    bar = None
-    if tc.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    say = bar.write if bar is not None else log
-    status, step = "completed", start
-    window = []
-    try:
-        for step in range(start + 1, total_steps + 1):
-            batch = next(it)
-            t_step = time.time()
-            m = jax.device_get(train_step(tm, optimizer, device_batch(batch), n_mels=cfg.n_mels,
-                                          label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight,
-                                          grad_accum=tc.grad_accum))
-            m = {k: float(v) for k, v in m.items()}
-            if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
-                status = "diverged"
-                say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "
-                    f"The last good checkpoint is kept in {out / 'checkpoints'}.")
-                break
-            window.append((time.time() - t_step, len(batch["id"])))
-            if step % tc.log_every == 0 or step == total_steps:
-                secs = sum(w[0] for w in window)
-                rate = {"samples_per_s": sum(w[1] for w in window) / max(secs, 1e-9),
-                        "steps_per_s": len(window) / max(secs, 1e-9)}
-                window.clear()
-                metrics.write("train", step, {**m, "lr": float(schedule(step - 1)), **rate,
-                                              "epoch": (step - 1) / plan.steps_per_epoch})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
-                                    ex_s=f"{rate['samples_per_s']:.1f}", refresh=False)
-            if bar is not None:
-                bar.update(1)
-            epoch_end = step % plan.steps_per_epoch == 0
-            if epoch_end or (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
-                validate(step)
-            if step % tc.checkpoint_every == 0 or epoch_end or step == total_steps or step == stop_after:
-                ckpt.save(ckpt.last, step, tm, optimizer, meta(step))
-            if step == stop_after:
-                status = "interrupted"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    c = clock()
-    results = {"status": status, "steps": step, "train_minutes": c["train_seconds"] / 60,
-               "wall_minutes": c["wall_seconds"] / 60, "val_wer": best["wer"], "best_step": best["step"],
-               "history": history, "dropped": {s: src.stats.as_dict() for s, src in sources.items()}}
-    if status == "completed":
-        if best["step"] is not None and best["step"] != step:
-            ckpt.restore(ckpt.best, best["step"], tm, optimizer)
-            log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
-        r = evaluate_plan(tm, cfg, tokenizer, evals["test"], scoring=scoring)
-        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
-        results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
-                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60)
-    ckpt.close()
-    metrics.close()
-    write_json_atomic(out / "results.json", results)
-    if status == "completed":
-        log(f"results: {out / 'results.json'}")
-        log(f"test WER: {results['test_wer']:.1f}%")
-    elif status == "diverged":
-        raise FloatingPointError(f"training diverged at step {step}; last good checkpoint in {out / 'checkpoints'}")
-    return results
+    """Train as ``tc`` says with :func:`jax_whisper.loop.fit` (see there); returns the results dict."""
+    return fit(tc, FlaxBackend(), log=log, stop_after=stop_after, shard_index=jax.process_index(),
+               shard_count=jax.process_count())

@@ -97,16 +97,7 @@ def greedy_decode(model: nn.Module, mel: Tensor | np.ndarray, prompt: Sequence[i
 
 def decode_texts(tokenizer: Tokenizer, tokens: Tensor | np.ndarray) -> list[str]:
     """Each row of ``tokens`` cut at its first ``eot``, special tokens (ids >= eot) dropped, decoded, stripped."""
-    tokens = tokens.detach().cpu().numpy() if torch.is_tensor(tokens) else np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be (batch, n), got shape {tokens.shape}")
-    eot = tokenizer.eot
-    texts = []
-    for row in tokens.tolist():
-        if eot in row:
-            row = row[: row.index(eot)]
-        texts.append(tokenizer.decode([t for t in row if 0 <= t < eot]).strip())
-    return texts
+    return tokenizer.decode_batch(tokens.detach().cpu().numpy() if torch.is_tensor(tokens) else tokens)
 
 
 def transcribe_batches(model: nn.Module, cfg: WhisperConfig, tokenizer: Tokenizer,

@@ -1,0 +1,173 @@
+"""The training loop both trainers share (no jax, no torch): data, resume, progress, metrics, validation, checkpoints,
+the NaN stop and the results. The framework lives behind a small backend interface, so the Flax trainer
+(``jax_whisper.train.FlaxBackend``) and the PyTorch reference (``torch_reference.train.TorchBackend``) run the very
+same loop over the very same batches.
+
+A backend provides::
+
+    setup(tc, cfg, total_steps, out) -> str        build model, optimizer and checkpoints; returns a summary line
+    latest_step() -> int | None                    newest periodic checkpoint
+    save(step, meta, best=False)                   a periodic (or the best) checkpoint holding ``meta`` (JSON-able)
+    restore(step, best=False) -> dict              load a checkpoint in place; returns its ``meta``
+    step(batch) -> dict[str, float]                one optimizer step: loss, ce, ctc, accuracy, grad_norm, tokens
+    lr(step) -> float                              the learning rate step ``step`` (0-based) used
+    evaluate(plan, tokenizer, scoring) -> dict     loss, accuracy, wer, utterances, words, examples
+    close()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jax_whisper.config import TrainConfig
+from jax_whisper.data import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.runlog import MetricsLog, write_json_atomic
+from jax_whisper.tokenizer import get_tokenizer
+
+
+def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_after: int | None = None,
+        shard_index: int = 0, shard_count: int = 1) -> dict:
+    """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
+
+    ``stop_after`` ends the loop early at that step (after its checkpoint), as an interruption would; tests use it.
+    The last line logged is ``test WER: X.X%``.
+    """
+    t0 = time.time()
+    out = Path(tc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = tc.model_config()
+    tokenizer = get_tokenizer(cfg)
+    scoring = "gigaspeech" if tc.dataset.startswith("gigaspeech") else "whisper"
+    shard = dict(shard_index=shard_index, shard_count=shard_count)
+
+    sources = open_splits(tc, cfg)
+    for split, src in sources.items():
+        log(f"{split}: {len(src)} utterances from {src.name} (dropped: {src.stats.as_dict()})")
+    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
+    plan = Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=tc.batch_size,
+                seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)
+    evals = {s: Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+                     batch_size=tc.eval_batch_size, **shard) for s in ("validation", "test")}
+    for name, p in (("train", plan), *evals.items()):
+        log(f"{name}: planned {p.stats.as_dict()}")
+    total_steps = tc.max_steps or tc.epochs * plan.steps_per_epoch
+    log(f"buckets (frames, tokens): {plan.shapes()}; {plan.steps_per_epoch} steps/epoch, {total_steps} steps")
+    log(backend.setup(tc, cfg, total_steps, out))
+
+    start, data_state, history, prior = 0, None, [], {"train_seconds": 0.0, "wall_seconds": 0.0}
+    best = {"wer": None, "step": None}
+    latest = backend.latest_step() if tc.resume else None
+    if latest is not None:
+        meta = backend.restore(latest)
+        start, data_state, history, prior, best = (meta["step"], meta["data_state"], meta["history"], meta["clock"],
+                                                   meta["best"])
+        log(f"resumed from {out / 'checkpoints'} at step {start}")
+    elif tc.resume:
+        log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
+    (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
+                                                indent=2))
+    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None)
+    it = make_iterator(train_dataset(plan, total_steps), num_workers=tc.num_workers)
+    if data_state is not None:
+        it.set_state(data_state)
+
+    loop_start, eval_seconds = time.time(), 0.0
+
+    def clock() -> dict:
+        """Training time excludes validation; wall time is everything since the (first) process started."""
+        now = time.time()
+        return {"train_seconds": prior["train_seconds"] + now - loop_start - eval_seconds,
+                "wall_seconds": prior["wall_seconds"] + now - t0}
+
+    def meta(step: int) -> dict:
+        return {"step": step, "data_state": it.get_state(), "history": history, "best": best, "clock": clock(),
+                "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
+
+    bar = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    say = bar.write if bar is not None else log
+
+    def validate(step: int) -> None:
+        nonlocal best, eval_seconds
+        t_eval, c = time.time(), clock()
+        r = backend.evaluate(evals["validation"], tokenizer, scoring)
+        eval_seconds += time.time() - t_eval
+        history.append({"step": step, "train_minutes": c["train_seconds"] / 60, "wall_minutes": c["wall_seconds"] / 60,
+                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"]})
+        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
+        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}% | "
+            f"ref: {ex['reference']!r} hyp: {ex['hypothesis']!r}")
+        if best["wer"] is None or r["wer"] < best["wer"]:
+            best = {"wer": r["wer"], "step": step}
+            backend.save(step, meta(step), best=True)
+
+    status, step, window = "completed", start, []
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(it)
+            t_step = time.time()
+            m = backend.step(batch)
+            if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
+                status = "diverged"
+                say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "
+                    f"The last good checkpoint is kept in {out / 'checkpoints'}.")
+                break
+            window.append((time.time() - t_step, len(batch["id"])))
+            if step % tc.log_every == 0 or step == total_steps:
+                secs = sum(w[0] for w in window)
+                rate = {"samples_per_s": sum(w[1] for w in window) / max(secs, 1e-9),
+                        "steps_per_s": len(window) / max(secs, 1e-9)}
+                window.clear()
+                metrics.write("train", step, {**m, "lr": backend.lr(step - 1), **rate,
+                                              "epoch": (step - 1) / plan.steps_per_epoch})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
+                                    ex_s=f"{rate['samples_per_s']:.1f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+            epoch_end = step % plan.steps_per_epoch == 0
+            if epoch_end or (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
+                validate(step)
+            if step % tc.checkpoint_every == 0 or epoch_end or step == total_steps or step == stop_after:
+                backend.save(step, meta(step))
+            if step == stop_after:
+                status = "interrupted"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    c = clock()
+    results = {"status": status, "steps": step, "train_minutes": c["train_seconds"] / 60,
+               "wall_minutes": c["wall_seconds"] / 60, "val_wer": best["wer"], "best_step": best["step"],
+               "history": history, "dropped": {s: src.stats.as_dict() for s, src in sources.items()}}
+    if status == "completed":
+        if best["step"] is not None and best["step"] != step:
+            backend.restore(best["step"], best=True)
+            log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
+        r = backend.evaluate(evals["test"], tokenizer, scoring)
+        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
+                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60)
+    backend.close()
+    metrics.close()
+    write_json_atomic(out / "results.json", results)
+    if status == "completed":
+        log(f"results: {out / 'results.json'}")
+        log(f"test WER: {results['test_wer']:.1f}%")
+    elif status == "diverged":
+        raise FloatingPointError(f"training diverged at step {step}; last good checkpoint in {out / 'checkpoints'}")
+    return results
+
+
+__all__ = ["fit"]
