@@ -45,6 +45,7 @@ from jax_whisper.tokenizer import IGNORE_ID, Tokenizer, ctc_encode
 
 log = logging.getLogger(__name__)
 
+ARRAY_KEYS = ("audio", "n_samples", "tokens", "targets", "ctc_labels", "ctc_paddings", "valid")  # the non-list part
 HOP_LENGTH = 160  # samples per mel frame (jax_whisper.audio.HOP_LENGTH; not imported: that module needs jax)
 
 
@@ -52,11 +53,6 @@ def frames_of(seconds: float) -> int:
     """Mel frames the model needs for ``seconds`` of audio, rounded up to even (the conv stem has stride 2)."""
     frames = math.ceil(seconds * SAMPLE_RATE / HOP_LENGTH)
     return frames + frames % 2
-
-
-def default_buckets(n_frames: int, n_buckets: int = 4) -> tuple[int, ...]:
-    """``n_buckets`` evenly spaced even frame lengths ending at the model window ``n_frames``."""
-    return tuple(sorted({max(2, 2 * round(n_frames * (i + 1) / n_buckets / 2)) for i in range(n_buckets)}))
 
 
 def quantile_buckets(durations: Sequence[float | None], n_frames: int, n_buckets: int = 5,
@@ -297,5 +293,5 @@ def iterate_eval(plan: Plan, **kw) -> Iterator[dict]:
     yield from make_iterator(eval_dataset(plan), **kw)
 
 
-__all__ = ["HOP_LENGTH", "Item", "Plan", "PrepareStats", "default_buckets", "eval_dataset", "frames_of",
+__all__ = ["ARRAY_KEYS", "HOP_LENGTH", "Item", "Plan", "PrepareStats", "eval_dataset", "frames_of",
            "iterate_eval", "make_iterator", "open_splits", "quantile_buckets", "train_dataset"]

@@ -23,7 +23,7 @@ from flax import nnx
 from jax import Array, lax
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.scoring import SCORINGS, word_error_rate  # noqa: F401  (re-exported)
+from jax_whisper.scoring import SCORINGS, scoring_for, word_error_rate
 from jax_whisper.tokenizer import Tokenizer
 
 # How often the decoding function has been traced (Python side effect, runs only while tracing): lets tests
@@ -168,9 +168,6 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
     return results
 
 
-__all__ = ["SCORINGS", "decode_texts", "greedy_decode", "transcribe_batches", "word_error_rate"]
-
-
 # ==========================================================================================================
 # A checkpoint on a dataset
 # ==========================================================================================================
@@ -193,7 +190,7 @@ def evaluate_checkpoint(checkpoint, dataset: str, split: str = "test", *, cache_
 
     cfg, model = load_checkpoint(checkpoint)
     tokenizer = get_tokenizer(cfg)
-    scoring = scoring or ("gigaspeech" if dataset.startswith("gigaspeech") else "whisper")
+    scoring = scoring or scoring_for(dataset)
     source = open_dataset(dataset, split, cache_dir=cache_dir, max_seconds=cfg.n_frames * HOP_LENGTH / SAMPLE_RATE,
                           **dict(dataset_kw or {}))
     if full_window is None:
@@ -205,3 +202,7 @@ def evaluate_checkpoint(checkpoint, dataset: str, split: str = "test", *, cache_
     rows = transcribe_batches(model, cfg, tokenizer, iterate_eval(plan))
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
     return {**wer, "scoring": scoring, "dropped": {**source.stats.as_dict(), **plan.stats.as_dict()}, "rows": rows}
+
+
+__all__ = ["SCORINGS", "decode_texts", "evaluate_checkpoint", "greedy_decode", "transcribe_batches",
+           "word_error_rate"]

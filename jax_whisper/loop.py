@@ -27,6 +27,7 @@ from pathlib import Path
 from jax_whisper.config import TrainConfig
 from jax_whisper.data import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
 from jax_whisper.runlog import MetricsLog, write_json_atomic
+from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
 
 
@@ -42,7 +43,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     out.mkdir(parents=True, exist_ok=True)
     cfg = tc.model_config()
     tokenizer = get_tokenizer(cfg)
-    scoring = "gigaspeech" if tc.dataset.startswith("gigaspeech") else "whisper"
+    scoring = scoring_for(tc.dataset)
     shard = dict(shard_index=shard_index, shard_count=shard_count)
 
     sources = open_splits(tc, cfg)

@@ -16,6 +16,11 @@ from typing import Any
 SCORINGS = ("whisper", "gigaspeech", "none")
 
 
+def scoring_for(dataset: str) -> str:
+    """The scoring a dataset spec is reported with: GigaSpeech's official rules for GigaSpeech, else Whisper's."""
+    return "gigaspeech" if dataset.startswith("gigaspeech") else "whisper"
+
+
 @functools.cache
 def _english_normalizer() -> Callable[[str], str]:
     """openai-whisper's ``EnglishTextNormalizer``, loaded without running ``whisper/__init__`` (which imports
@@ -102,4 +107,4 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], *, sco
 
 
 
-__all__ = ["SCORINGS", "word_error_rate"]
+__all__ = ["SCORINGS", "scoring_for", "word_error_rate"]

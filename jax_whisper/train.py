@@ -22,7 +22,7 @@ from jax import Array
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
-from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval
+from jax_whisper.data import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
 from jax_whisper.tokenizer import CTC_CHARS
@@ -183,9 +183,6 @@ def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
     """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``."""
     parts = batch_losses(tm, batch, n_mels=n_mels)
     return {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
-
-
-ARRAY_KEYS = ("audio", "n_samples", "tokens", "targets", "ctc_labels", "ctc_paddings", "valid")
 
 
 def device_batch(batch: dict) -> dict:

@@ -8,14 +8,12 @@ decoding stops when every row has finished, after ``max_tokens`` tokens, or when
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from jax_whisper.config import WhisperConfig
 from jax_whisper.tokenizer import Tokenizer
 
 
@@ -100,40 +98,4 @@ def decode_texts(tokenizer: Tokenizer, tokens: Tensor | np.ndarray) -> list[str]
     return tokenizer.decode_batch(tokens.detach().cpu().numpy() if torch.is_tensor(tokens) else tokens)
 
 
-def transcribe_batches(model: nn.Module, cfg: WhisperConfig, tokenizer: Tokenizer,
-                       batches: Iterable[Mapping[str, Any]], *, max_tokens: int | None = None,
-                       log_mel: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, str]]:
-    """Greedy transcripts of the data pipeline's batches, as :func:`jax_whisper.evaluate.transcribe_batches`:
-    ``[{"id", "reference", "hypothesis"}]`` for the rows with ``valid`` True, in batch order.
-
-    The log-mel is :func:`torch_reference.audio.log_mel_spectrogram` by default, its last frame dropped if the
-    count is odd; the prompt is ``sot_sequence_including_notimestamps`` and every id after ``eot`` is suppressed.
-    """
-    if log_mel is None:
-        from torch_reference.audio import log_mel_spectrogram
-
-        def log_mel(a):
-            return log_mel_spectrogram(a, n_mels=cfg.n_mels)
-
-    prompt = tokenizer.sot_sequence_including_notimestamps
-    eot = tokenizer.eot
-    suppress = tuple(range(eot + 1, cfg.n_vocab))
-    if max_tokens is None:
-        max_tokens = cfg.n_text_ctx - len(prompt) + 1
-    results = []
-    for k, batch in enumerate(batches):
-        audio = torch.as_tensor(np.asarray(batch["audio"], np.float32))
-        if audio.ndim != 2:
-            raise ValueError(f"batch {k}: audio must be (batch, samples), got shape {tuple(audio.shape)}")
-        n = audio.shape[0]
-        valid = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(n, bool)
-        mel = log_mel(audio)
-        mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
-        tokens = greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress)
-        hypotheses = decode_texts(tokenizer, tokens)
-        results += [{"id": batch["id"][r], "reference": batch["text"][r], "hypothesis": hypotheses[r]}
-                    for r in range(n) if valid[r]]
-    return results
-
-
-__all__ = ["decode_texts", "greedy_decode", "greedy_decode_features", "transcribe_batches"]
+__all__ = ["decode_texts", "greedy_decode", "greedy_decode_features"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jax_whisper.config import TrainConfig, WhisperConfig
-from jax_whisper.data import Plan, iterate_eval
+from jax_whisper.data import ARRAY_KEYS, Plan, iterate_eval
 from jax_whisper.loop import fit
 from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS
 from torch_reference.audio import HOP_LENGTH, log_mel_spectrogram
@@ -192,7 +192,6 @@ def train_step(tm: TrainModel, optimizer: torch.optim.Optimizer, scheduler, batc
             "accuracy": totals["correct"] / n_tok, "grad_norm": grad_norm, "tokens": n_tok}
 
 
-ARRAY_KEYS = ("audio", "n_samples", "tokens", "targets", "ctc_labels", "ctc_paddings", "valid")
 _LONG_KEYS = ("n_samples", "tokens", "targets", "ctc_labels")
 
 
