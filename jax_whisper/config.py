@@ -144,8 +144,8 @@ class TrainConfig:
     # model
     preset: str = field(default="seed", metadata={"help": "WhisperConfig preset"})
     dtype: str = field(default="float32", metadata={"help": "compute dtype: float32 or bfloat16"})
-    dropout: float | None = field(default=None, metadata={"help": "override the preset's dropout (residual and "
-                                                                  "attention)"})
+    dropout: float | None = field(default=0.0, metadata={"help": "override the preset's dropout (residual and "
+                                                                 "attention; none: the preset's)"})
     model: str | None = field(default=None, metadata={"help": "WhisperConfig field overrides, e.g. "
                                                               "'n_audio_layer=4,n_text_layer=4'"})
     # data
@@ -156,20 +156,20 @@ class TrainConfig:
     val_split: str | None = None
     test_split: str | None = None
     cache_dir: str | None = field(default=None, metadata={"help": "dataset / corpus cache directory"})
-    n_train: int = field(default=20000, metadata={"help": "synthetic corpus: training utterances"})
+    n_train: int = field(default=8000, metadata={"help": "synthetic corpus: training utterances"})
     n_val: int = 300
     n_test: int = 500
     corpus_seed: int = 0
     noise: float = field(default=0.0, metadata={"help": "synthetic corpus: fraction of noisy utterances"})
-    buckets: int = field(default=5, metadata={"help": "number of length buckets (at duration quantiles)"})
+    buckets: int = field(default=4, metadata={"help": "number of length buckets (at duration quantiles)"})
     curriculum_epochs: int = field(default=1, metadata={"help": "epochs ordered short buckets first (SortaGrad)"})
     num_workers: int = field(default=0, metadata={"help": "grain worker processes (0: threads only)"})
     # optimisation
-    batch_size: int = 16
-    epochs: int = 3
-    max_steps: int = field(default=0, metadata={"help": "stop after this many steps (0: epochs * steps/epoch)"})
+    batch_size: int = 8
+    epochs: int = 2
+    max_steps: int = field(default=1500, metadata={"help": "stop after this many steps (0: epochs * steps/epoch)"})
     max_lr: float = 1e-3
-    warmup_steps: int = 300
+    warmup_steps: int = 200
     end_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     b1: float = 0.9
@@ -179,12 +179,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per step (same result, less memory)"})
     ctc_weight: float = field(default=0.3, metadata={"help": "weight of the auxiliary CTC loss (0: off)"})
+    ctc_only_steps: int = field(default=500, metadata={"help": "first N steps train the encoder with the CTC loss "
+                                                     "alone (the decoder is not run)"})
     seed: int = 0
     # evaluation, logging, checkpoints
-    eval_every: int = field(default=0, metadata={"help": "also validate every N steps (0: once per epoch)"})
+    eval_every: int = field(default=375, metadata={"help": "also validate every N steps (0: once per epoch)"})
     eval_batch_size: int = 64
     log_every: int = 10
-    checkpoint_every: int = 500
+    checkpoint_every: int = 375
     keep_checkpoints: int = 3
     output_dir: str = "runs/seed"
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
@@ -196,6 +198,15 @@ class TrainConfig:
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
         return dataclasses.replace(cls(**RECIPES[name]), **overrides)
+
+    def ctc_weight_at(self, step: int) -> float:
+        """The CTC weight of training step ``step`` (1-based): 1.0, CTC alone, for the first ``ctc_only_steps``.
+
+        Attention decoders trained from scratch first learn only the language model. An encoder that already
+        emits letter-like, monotonic features (CTC alone trains it faster, and the decoder is not run) gives the
+        decoder's cross-attention something to lock onto.
+        """
+        return 1.0 if step <= self.ctc_only_steps else self.ctc_weight
 
     def model_config(self) -> WhisperConfig:
         """The preset with ``model`` overrides and ``dropout`` applied."""
@@ -224,8 +235,9 @@ class TrainConfig:
 RECIPES = {
     "cpu": {},  # the defaults
     # the seed run this project started from (PyTorch, GigaSpeech xs): one step per 64 utterances, 10 epochs
-    "seed": dict(batch_size=64, epochs=10, max_lr=2e-4, warmup_steps=500, ctc_weight=0.0, curriculum_epochs=0,
-                 dataset="gigaspeech", subset="xs"),
+    "seed": dict(batch_size=64, epochs=10, max_steps=0, max_lr=2e-4, warmup_steps=500, dropout=None,
+                 ctc_weight=0.0, ctc_only_steps=0, curriculum_epochs=0, buckets=5, eval_every=0,
+                 checkpoint_every=500, dataset="gigaspeech", subset="xs"),
 }
 
 

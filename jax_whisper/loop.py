@@ -117,7 +117,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
         for step in range(start + 1, total_steps + 1):
             batch = next(it)
             t_step = time.time()
-            m = backend.step(batch)
+            m = backend.step(batch, step)
             if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm")):
                 status = "diverged"
                 say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "

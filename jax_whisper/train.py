@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -38,11 +39,34 @@ def cross_entropy(logits: Array, targets: Array, *, label_smoothing: float = 0.0
     every token equally.
     """
     mask = targets != IGNORE_INDEX
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(mask, targets, 0)[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
-    return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
+    logits = logits.astype(jnp.float32)
+    return _token_losses(logits, jnp.where(mask, targets, 0), mask, label_smoothing), jnp.sum(mask)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _token_losses(logits: Array, targets: Array, mask: Array, smoothing: float) -> Array:
+    return _token_losses_fwd(logits, targets, mask, smoothing)[0]
+
+
+def _token_losses_fwd(logits, targets, mask, smoothing):
+    # Written out with its gradient (softmax - smoothed one-hot): autodiff of log_softmax + take_along_axis
+    # materialises a scatter and several (tokens x 50k) temporaries, a tenth of the seed step on CPU.
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    if smoothing:
+        nll = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(axis=-1))
+    return jnp.sum(jnp.where(mask, nll, 0.0)), (logits, targets, mask, lse)
+
+
+def _token_losses_bwd(smoothing, res, g):
+    logits, targets, mask, lse = res
+    n_vocab = logits.shape[-1]
+    hit = jnp.arange(n_vocab) == targets[..., None]
+    d = jnp.exp(logits - lse[..., None]) - jnp.where(hit, 1.0 - smoothing, 0.0) - smoothing / n_vocab
+    return jnp.where(mask[..., None], d * g, 0.0), None, None
+
+
+_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
 def lr_schedule(*, max_lr: float, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0):
@@ -123,18 +147,21 @@ def _counts(batch: dict):
 
 def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: float = 0.0,
                  ctc_weight: float = 0.0) -> dict:
-    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits).
+    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits); ``ctc_weight``
+    1.0 skips the decoder (``ce`` and ``correct`` are 0).
 
     The log-mel is computed here, on device inside the jitted step, from the padded audio (``batch["mel"]``,
     if present, is used as is).
     """
     mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
     xa = tm.whisper.embed_audio(mel)
-    logits = tm.whisper.logits(batch["tokens"], xa)
-    targets = batch["targets"]
-    ce, _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets) & (targets != IGNORE_INDEX))
-    out = {"ce": ce, "correct": correct, "ctc": jnp.zeros((), jnp.float32)}
+    zero = jnp.zeros((), jnp.float32)
+    out = {"ce": zero, "correct": zero, "ctc": zero}
+    if ctc_weight != 1.0:  # at weight 1 (the CTC-only phase) the decoder is not run at all
+        logits = tm.whisper.logits(batch["tokens"], xa)
+        targets = batch["targets"]
+        out["ce"], _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        out["correct"] = jnp.sum((jnp.argmax(logits, -1) == targets) & (targets != IGNORE_INDEX))
     if ctc_weight:
         frames, _, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
         logit_paddings = (jnp.arange(xa.shape[1])[None, :] >= frames[:, None]).astype(jnp.float32)
@@ -296,7 +323,7 @@ def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[tc.dtype]
     rngs = nnx.Rngs(params=tc.seed, dropout=tc.seed + 1)
     whisper = Whisper(cfg, dtype=dtype, rngs=rngs)
-    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS), rngs=rngs) if tc.ctc_weight else None
+    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS), rngs=rngs) if tc.ctc_weight or tc.ctc_only_steps else None
     tm = TrainModel(whisper, ctc)
     tm.train()
     return tm
@@ -328,10 +355,11 @@ class FlaxBackend:
     def restore(self, step: int, best: bool = False) -> dict:
         return self.ckpt.restore(self.ckpt.best if best else self.ckpt.last, step, self.tm, self.optimizer)
 
-    def step(self, batch: dict) -> dict[str, float]:
+    def step(self, batch: dict, step: int) -> dict[str, float]:
         tc = self.tc
         m = train_step(self.tm, self.optimizer, device_batch(batch), n_mels=self.cfg.n_mels,
-                       label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=tc.grad_accum)
+                       label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight_at(step),
+                       grad_accum=tc.grad_accum)
         return {k: float(v) for k, v in jax.device_get(m).items()}
 
     def lr(self, step: int) -> float:

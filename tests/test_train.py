@@ -40,7 +40,7 @@ def cache_dir(tmp_path_factory):
 def tiny_config(cache_dir, out, **kw) -> TrainConfig:
     base = dict(model=TINY, cache_dir=str(cache_dir), **CORPUS, batch_size=4, buckets=2, eval_batch_size=8,
                 warmup_steps=2, max_lr=5e-3, output_dir=str(out), progress=False, tensorboard=True,
-                checkpoint_every=100, keep_checkpoints=2)
+                checkpoint_every=100, keep_checkpoints=2, max_steps=0, eval_every=0, ctc_only_steps=2)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -159,7 +159,8 @@ def test_gradient_accumulation_equals_full_batch(cache_dir):
 def _cli(cache_dir, out, *extra):
     return [sys.executable, str(ROOT / "scripts" / "train_flax.py"), "--model", TINY, "--cache-dir", str(cache_dir),
             "--n-train", "40", "--n-val", "8", "--n-test", "8", "--batch-size", "4", "--buckets", "2",
-            "--max-steps", "8", "--epochs", "100", "--checkpoint-every", "2", "--warmup-steps", "2",
+            "--max-steps", "8", "--epochs", "100", "--checkpoint-every", "2", "--warmup-steps", "2", "--dropout", "0.1",
+            "--ctc-only-steps", "3", "--eval-every", "0",
             "--eval-batch-size", "8", "--progress", "false", "--tensorboard", "false", "--output-dir", str(out),
             *extra]
 
@@ -208,3 +209,57 @@ def test_config_cli_round_trip():
     assert dataclasses.replace(tc, model="n_text_layer=2").model_config().n_text_layer == 2
     with pytest.raises(ValueError, match="n_layers"):
         dataclasses.replace(tc, model="n_layers=2").model_config()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_gradient_matches_autodiff(smoothing):
+    """The hand-written backward of the token loss equals autodiff of the plain log-softmax formula."""
+    import jax.numpy as jnp
+
+    seed = 20261125
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.standard_normal((3, 7, 50)).astype(np.float32) * 3)
+    targets = rng.integers(0, 50, (3, 7))
+    targets[0, 5:] = train_mod.IGNORE_INDEX
+    targets = jnp.asarray(targets)
+
+    def plain(x):
+        mask = targets != train_mod.IGNORE_INDEX
+        logp = jax.nn.log_softmax(x, -1)
+        nll = -jnp.take_along_axis(logp, jnp.where(mask, targets, 0)[..., None], -1)[..., 0]
+        nll = (1 - smoothing) * nll - smoothing * logp.mean(-1)
+        return 2.5 * jnp.sum(jnp.where(mask, nll, 0.0))
+
+    ours, g_ours = jax.jit(jax.value_and_grad(
+        lambda x: 2.5 * train_mod.cross_entropy(x, targets, label_smoothing=smoothing)[0]))(logits)
+    ref, g_ref = jax.value_and_grad(plain)(logits)
+    rel = float(jnp.linalg.norm(g_ours - g_ref) / jnp.linalg.norm(g_ref))
+    assert abs(float(ours - ref)) <= 1e-5 * abs(float(ref)), f"seed {seed}"
+    assert rel <= 1e-5 and float(jnp.max(jnp.abs(g_ours - g_ref))) <= 1e-5, f"seed {seed}: rel {rel:.2e}"
+    assert float(jnp.abs(g_ours[0, 5:]).max()) == 0.0  # ignored positions get no gradient
+
+
+def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
+    """During the first ``ctc_only_steps`` the loss is CTC alone: the decoder gets no gradient, the encoder does."""
+    import optax
+
+    tc = tiny_config(cache_dir, "unused", dropout=0.0, ctc_only_steps=3, ctc_weight=0.3)
+    assert [tc.ctc_weight_at(s) for s in (1, 3, 4, 100)] == [1.0, 1.0, 0.3, 0.3]
+    cfg = tc.model_config()
+    src = open_dataset("synthetic", "train", cache_dir=cache_dir, **CORPUS)
+    plan = Plan(src, get_tokenizer(cfg), n_text_ctx=cfg.n_text_ctx, buckets=quantile_buckets(src.durations(), 500, 1),
+                batch_size=4)
+    batch = train_mod.device_batch(plan.collate(*plan.step(0)))
+    tm = train_mod.init_model(tc, cfg)
+    assert tm.ctc is not None
+    before = nnx.to_pure_dict(nnx.state(tm, nnx.Param))
+    opt = nnx.Optimizer(tm, optax.sgd(1.0), wrt=nnx.Param)
+    m = train_mod.train_step(tm, opt, batch, n_mels=cfg.n_mels, label_smoothing=0.0,
+                             ctc_weight=tc.ctc_weight_at(1), grad_accum=1)
+    after = nnx.to_pure_dict(nnx.state(tm, nnx.Param))
+    assert float(m["ce"]) == 0.0 and float(m["ctc"]) > 0 and float(m["loss"]) == float(m["ctc"])
+    moved = lambda tree_a, tree_b: [float(np.abs(np.asarray(a) - np.asarray(b)).max())  # noqa: E731
+                                    for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)]
+    assert max(moved(before["whisper"]["decoder"], after["whisper"]["decoder"])) == 0.0
+    assert min(moved(before["ctc"], after["ctc"])) > 0 and max(moved(before["whisper"]["encoder"],
+                                                                      after["whisper"]["encoder"])) > 0

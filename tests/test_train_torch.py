@@ -43,7 +43,8 @@ def tiny_config(corpus_dir, out, **kw) -> TrainConfig:
     (*) ``TrainConfig.model_config`` applies the overrides one by one, each result validated.
     """
     base = dict(preset="seed", model=TINY, cache_dir=str(corpus_dir), n_train=24, n_val=4, n_test=4, buckets=2,
-                batch_size=4, max_steps=6, warmup_steps=2, eval_every=3, eval_batch_size=4, log_every=2,
+                batch_size=4, max_steps=6, warmup_steps=2, eval_every=3, eval_batch_size=4, log_every=2, dropout=0.1,
+                ctc_only_steps=2,
                 checkpoint_every=2, keep_checkpoints=2, output_dir=str(out), progress=False)
     return TrainConfig(**{**base, **kw})
 

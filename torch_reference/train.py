@@ -125,7 +125,8 @@ def _counts(batch: dict) -> tuple[Tensor, Tensor]:
 
 def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: float = 0.0,
                  ctc_weight: float = 0.0) -> dict:
-    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits).
+    """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits); ``ctc_weight``
+    1.0 skips the decoder (``ce`` and ``correct`` are 0).
 
     The log-mel is computed from the padded audio (``batch["mel"]``, if present, is used as is). CTC counts the
     rows :func:`ctc_lengths` finds alignable; the others are left out of the loss (never computed, so an
@@ -133,11 +134,13 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
     """
     mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
     xa = tm.whisper.embed_audio(mel)
-    logits = tm.whisper.logits(batch["tokens"], xa)
-    targets = batch["targets"]
-    ce, _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    correct = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()
-    out = {"ce": ce, "correct": correct, "ctc": torch.zeros((), dtype=torch.float32, device=xa.device)}
+    zero = torch.zeros((), dtype=torch.float32, device=xa.device)
+    out = {"ce": zero, "correct": zero, "ctc": zero}
+    if ctc_weight != 1.0:  # at weight 1 (the CTC-only phase) the decoder is not run at all
+        logits = tm.whisper.logits(batch["tokens"], xa)
+        targets = batch["targets"]
+        out["ce"], _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        out["correct"] = ((logits.argmax(dim=-1) == targets) & (targets != IGNORE_INDEX)).sum()
     if ctc_weight:
         frames, label_len, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"],
                                             batch["valid"])
@@ -347,7 +350,7 @@ def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
         raise ValueError(f"the PyTorch reference trains in float32 only, got dtype={tc.dtype!r}")
     torch.manual_seed(tc.seed)
     whisper = Whisper(cfg)
-    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS)) if tc.ctc_weight else None
+    ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS)) if tc.ctc_weight or tc.ctc_only_steps else None
     tm = TrainModel(whisper, ctc)
     tm.train()
     return tm
@@ -383,11 +386,12 @@ class TorchBackend:
             return self.ckpt.restore(self.ckpt.best_dir, self.tm)
         return self.ckpt.restore(self.ckpt.last_dir / str(step), self.tm, self.optimizer, self.scheduler)
 
-    def step(self, batch: dict) -> dict[str, float]:
+    def step(self, batch: dict, step: int) -> dict[str, float]:
         tc = self.tc
         self.tm.train()
         return train_step(self.tm, self.optimizer, self.scheduler, torch_batch(batch, self.tm.whisper.device),
-                          n_mels=self.cfg.n_mels, label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight,
+                          n_mels=self.cfg.n_mels, label_smoothing=tc.label_smoothing,
+                          ctc_weight=tc.ctc_weight_at(step),
                           grad_accum=tc.grad_accum, clip_norm=tc.clip_norm)
 
     def lr(self, step: int) -> float:
