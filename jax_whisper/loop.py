@@ -103,10 +103,12 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
         r = backend.evaluate(evals["validation"], tokenizer, scoring)
         eval_seconds += time.time() - t_eval
         history.append({"step": step, "train_minutes": c["train_seconds"] / 60, "wall_minutes": c["wall_seconds"] / 60,
-                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"]})
-        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"],
+                        **({"val_ctc_wer": r["ctc_wer"]} if "ctc_wer" in r else {})})
+        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r})
         ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
-        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}% | "
+        ctc = f" (CTC alone {r['ctc_wer']:.1f}%)" if "ctc_wer" in r else ""
+        say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}%{ctc} | "
             f"ref: {ex['reference']!r} hyp: {ex['hypothesis']!r}")
         if best["wer"] is None or r["wer"] < best["wer"]:
             best = {"wer": r["wer"], "step": step}
@@ -157,9 +159,10 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
             backend.restore(best["step"], best=True)
             log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
         r = backend.evaluate(evals["test"], tokenizer, scoring)
-        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer")})
+        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r})
         results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
-                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60)
+                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60,
+                       **({"test_ctc_wer": r["ctc_wer"]} if "ctc_wer" in r else {}))
     backend.close()
     metrics.close()
     write_json_atomic(out / "results.json", results)

@@ -26,7 +26,7 @@ from jax_whisper.convert import num_params
 from jax_whisper.data import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
-from jax_whisper.tokenizer import CTC_CHARS
+from jax_whisper.tokenizer import CTC_CHARS, ctc_decode
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
 
@@ -212,6 +212,14 @@ def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
     return {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
 
 
+@nnx.jit(static_argnames=("n_mels",))
+def ctc_greedy_step(tm: TrainModel, batch: dict, *, n_mels: int) -> tuple[Array, Array]:
+    """The CTC head's greedy path (argmax per encoder frame) and each row's real frame count."""
+    xa = tm.whisper.embed_audio(log_mel_spectrogram(batch["audio"], n_mels=n_mels))
+    frames, _, _ = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
+    return jnp.argmax(tm.ctc(xa), axis=-1), frames
+
+
 def device_batch(batch: dict) -> dict:
     """The array part of a pipeline batch, as jax arrays."""
     return {k: jnp.asarray(batch[k]) for k in ARRAY_KEYS}
@@ -297,21 +305,32 @@ def _replace_pure(state, module, pure) -> None:
 
 def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
                   num_threads: int = 2) -> dict:
-    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER."""
+    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER, and with
+    a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC): which half of the model lags behind."""
     from jax_whisper.evaluate import transcribe_batches
     from jax_whisper.scoring import word_error_rate
 
     tm.eval()
     batches = list(iterate_eval(plan, num_threads=num_threads))
     ce = correct = tokens = 0.0
+    ctc_refs, ctc_hyps = [], []
     for b in batches:
-        m = jax.device_get(eval_step(tm, device_batch(b), n_mels=cfg.n_mels))
+        db = device_batch(b)
+        m = jax.device_get(eval_step(tm, db, n_mels=cfg.n_mels))
         ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
+        if tm.ctc is not None:
+            path, frames = jax.device_get(ctc_greedy_step(tm, db, n_mels=cfg.n_mels))
+            keep = np.flatnonzero(b["valid"])
+            ctc_refs += [b["text"][r] for r in keep]
+            ctc_hyps += [ctc_decode(path[r, : frames[r]]) for r in keep]
     rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches)
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
     tm.train()
-    return {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
-            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+    out = {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
+           "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+    if ctc_refs:
+        out["ctc_wer"] = word_error_rate(ctc_refs, ctc_hyps, scoring=scoring)["wer"]
+    return out
 
 
 # ==========================================================================================================

@@ -71,6 +71,8 @@ def test_run_writes_results_metrics_and_checkpoints(trained_run):
     kept = sorted(int(d.name) for d in (out / "checkpoints").iterdir() if d.name.isdigit())
     assert len(kept) == 2 and kept[-1] == results["steps"]  # keep_checkpoints=2
     assert results["best_step"] in [h["step"] for h in results["history"]]
+    # the CTC head's own transcripts are scored too (a diagnostic: encoder alone vs the whole model)
+    assert results["test_ctc_wer"] >= 0 and all(h["val_ctc_wer"] >= 0 for h in results["history"])
     assert training_checkpoint(out) == out / "best" / str(results["best_step"])
 
 

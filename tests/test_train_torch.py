@@ -63,7 +63,7 @@ def test_train_end_to_end_and_resume(corpus_dir, tmp_path):
 
     assert results["status"] == "completed" and results["steps"] == 6
     saved = json.loads((out / "results.json").read_text())
-    for key in ("test_wer", "val_wer", "steps", "train_minutes", "best_step", "history", "test_loss"):
+    for key in ("test_wer", "val_wer", "steps", "train_minutes", "best_step", "history", "test_loss", "test_ctc_wer"):
         assert key in saved, key
     assert saved["test_wer"] == results["test_wer"] and saved["steps"] == 6
     assert [h["step"] for h in saved["history"]] == [3, 6]  # eval_every 3 and the last step (7 steps/epoch)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.data import ARRAY_KEYS, Plan, iterate_eval
 from jax_whisper.loop import fit
-from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS
+from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS, ctc_decode
 from torch_reference.audio import HOP_LENGTH, log_mel_spectrogram
 from torch_reference.model import Whisper
 
@@ -303,9 +303,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
 @torch.no_grad()
 def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
                   num_threads: int = 2) -> dict:
-    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER.
+    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER, and with
+    a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC).
 
-    The encoder runs once per batch for both: the loss and the decoding read the same audio features.
+    The encoder runs once per batch for all three: they read the same audio features.
     """
     from jax_whisper.scoring import word_error_rate
     from torch_reference.decoding import decode_texts, greedy_decode_features
@@ -318,7 +319,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
     max_tokens = cfg.n_text_ctx - len(prompt) + 1
     device = tm.whisper.device
     ce = correct = tokens = 0.0
-    rows = []
+    rows, ctc_refs, ctc_hyps = [], [], []
     for b in iterate_eval(plan, num_threads=num_threads):
         tb = torch_batch(b, device)
         mel = log_mel_spectrogram(tb["audio"], n_mels=cfg.n_mels)
@@ -333,10 +334,19 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
         valid = np.asarray(b["valid"], bool)
         rows += [{"id": b["id"][r], "reference": b["text"][r], "hypothesis": hyps[r]}
                  for r in range(len(hyps)) if valid[r]]
+        if tm.ctc is not None:
+            frames, _, _ = ctc_lengths(tb["n_samples"], tb["ctc_labels"], tb["ctc_paddings"], tb["valid"])
+            path = tm.ctc(xa).argmax(dim=-1).cpu().numpy()
+            keep = np.flatnonzero(valid)
+            ctc_refs += [b["text"][r] for r in keep]
+            ctc_hyps += [ctc_decode(path[r, : int(frames[r])]) for r in keep]
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
     tm.train(was_training)
-    return {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
-            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+    out = {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
+           "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
+    if ctc_refs:
+        out["ctc_wer"] = word_error_rate(ctc_refs, ctc_hyps, scoring=scoring)["wer"]
+    return out
 
 
 # ==========================================================================================================
