@@ -265,13 +265,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "") + f" (default: {f.default})"
         if ftype.startswith("bool"):
-            parser.add_argument(flag, nargs="?", const=True, default=None, type=partial(_parse_value, ftype),
-                                help=help_)
-        else:
-            parser.add_argument(flag, default=None, type=partial(_parse_value, ftype), help=help_)
+            parser.add_argument(flag, nargs="?", const=True, default=argparse.SUPPRESS,
+                                type=partial(_parse_value, ftype), help=help_)
+        else:  # SUPPRESS: a flag not given is absent, so an explicit "none" (e.g. --dropout none) still overrides
+            parser.add_argument(flag, default=argparse.SUPPRESS, type=partial(_parse_value, ftype), help=help_)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig.recipe(args.recipe, **overrides)
