@@ -131,12 +131,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cache_dir, tmp_path, monk
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "diverged"
 
 
-def test_gradient_accumulation_equals_full_batch(cache_dir):
+# Relative float32 noise between micro-batched and full-batch gradients. Token CE alone: measured 6e-8 (norm) and
+# 6e-7 (relative L2). With CTC the floor is higher: its forward variables are log-probabilities summed over ~100
+# frames (|alpha| ~ 1e2), so float32 rounding leaves ~1e-5 relative in its gradient: measured 5.5e-6 here and
+# 1.1e-5 in one CI run.
+ACCUM_NOISE = {0.0: 1e-5, 0.3: 5e-5}
+
+
+@pytest.mark.parametrize("ctc_weight", sorted(ACCUM_NOISE))
+def test_gradient_accumulation_equals_full_batch(cache_dir, ctc_weight):
     """Plain SGD, so the parameter change is -lr * gradient: the micro-batched gradient equals the full-batch one
     (Adam's first step, ~lr * sign(g), would magnify float32 noise in near-zero gradient components)."""
     import optax
 
-    tc = tiny_config(cache_dir, "unused", dropout=0.0)
+    tc = tiny_config(cache_dir, "unused", dropout=0.0, ctc_weight=ctc_weight, ctc_only_steps=0)
     cfg = tc.model_config()
     src = open_dataset("synthetic", "train", cache_dir=cache_dir, **CORPUS)
     plan = Plan(src, get_tokenizer(cfg), n_text_ctx=cfg.n_text_ctx, buckets=quantile_buckets(src.durations(), 500, 1),
@@ -147,14 +155,15 @@ def test_gradient_accumulation_equals_full_batch(cache_dir):
         tm = train_mod.init_model(tc, cfg)
         before = [np.asarray(x) for x in jax.tree.leaves(nnx.state(tm, nnx.Param))]
         opt = nnx.Optimizer(tm, optax.sgd(1.0), wrt=nnx.Param)
-        m = train_mod.train_step(tm, opt, batch, n_mels=cfg.n_mels, label_smoothing=0.1, ctc_weight=0.3,
+        m = train_mod.train_step(tm, opt, batch, n_mels=cfg.n_mels, label_smoothing=0.1, ctc_weight=ctc_weight,
                                  grad_accum=accum)
         after = [np.asarray(x) for x in jax.tree.leaves(nnx.state(tm, nnx.Param))]
         runs.append((float(m["loss"]), float(m["grad_norm"]), [a - b for a, b in zip(after, before, strict=True)]))
     (l1, n1, g1), (l2, n2, g2) = runs
-    assert abs(l1 - l2) <= 1e-5 * abs(l1) and abs(n1 - n2) <= 1e-5 * n1
+    bound = ACCUM_NOISE[ctc_weight]
+    assert abs(l1 - l2) <= 1e-5 * abs(l1) and abs(n1 - n2) <= bound * n1, (l1, l2, n1, n2)
     total = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(g1, g2, strict=True)))
-    assert total <= 1e-5 * n1, (total, n1)  # relative L2 of the whole gradient
+    assert total <= bound * n1, (total, n1)  # relative L2 of the whole gradient
     assert sum(int(np.any(g != 0)) for g in g1) == len(g1)  # every parameter got a gradient
 
 
