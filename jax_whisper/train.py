@@ -145,16 +145,22 @@ def _counts(batch: dict):
     return n_tok, jnp.maximum(jnp.sum(jnp.where(ok, label_len, 0)), 1)
 
 
+def encode(tm: TrainModel, batch: dict, *, n_mels: int) -> Array:
+    """Encoder output of a batch: log-mel of the padded audio on device (``batch["mel"]`` if present)."""
+    mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
+    return tm.whisper.embed_audio(mel)
+
+
 def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: float = 0.0,
-                 ctc_weight: float = 0.0) -> dict:
+                 ctc_weight: float = 0.0, xa: Array | None = None) -> dict:
     """Summed losses of a batch: ``ce`` (tokens), ``ctc`` (characters), ``correct`` (argmax hits); ``ctc_weight``
     1.0 skips the decoder (``ce`` and ``correct`` are 0).
 
     The log-mel is computed here, on device inside the jitted step, from the padded audio (``batch["mel"]``,
-    if present, is used as is).
+    if present, is used as is); ``xa``, the encoder output if the caller already has it.
     """
-    mel = batch["mel"] if "mel" in batch else log_mel_spectrogram(batch["audio"], n_mels=n_mels)
-    xa = tm.whisper.embed_audio(mel)
+    if xa is None:
+        xa = encode(tm, batch, n_mels=n_mels)
     zero = jnp.zeros((), jnp.float32)
     out = {"ce": zero, "correct": zero, "ctc": zero}
     if ctc_weight != 1.0:  # at weight 1 (the CTC-only phase) the decoder is not run at all
@@ -207,17 +213,17 @@ character), ``accuracy`` (next-token argmax), ``grad_norm`` (before clipping), `
 
 @nnx.jit(static_argnames=("n_mels",))
 def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
-    """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``."""
-    parts = batch_losses(tm, batch, n_mels=n_mels)
-    return {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
-
-
-@nnx.jit(static_argnames=("n_mels",))
-def ctc_greedy_step(tm: TrainModel, batch: dict, *, n_mels: int) -> tuple[Array, Array]:
-    """The CTC head's greedy path (argmax per encoder frame) and each row's real frame count."""
-    xa = tm.whisper.embed_audio(log_mel_spectrogram(batch["audio"], n_mels=n_mels))
-    frames, _, _ = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
-    return jnp.argmax(tm.ctc(xa), axis=-1), frames
+    """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``; with a CTC head
+    also its greedy path (argmax per encoder frame) ``ctc_path`` and real frames per row ``ctc_frames``, from the
+    same encoder pass."""
+    xa = encode(tm, batch, n_mels=n_mels)
+    parts = batch_losses(tm, batch, n_mels=n_mels, xa=xa)
+    out = {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
+    if tm.ctc is not None:
+        out["ctc_path"] = jnp.argmax(tm.ctc(xa), axis=-1)
+        out["ctc_frames"], _, _ = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"],
+                                              batch["valid"])
+    return out
 
 
 def device_batch(batch: dict) -> dict:
@@ -315,14 +321,12 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
     ce = correct = tokens = 0.0
     ctc_refs, ctc_hyps = [], []
     for b in batches:
-        db = device_batch(b)
-        m = jax.device_get(eval_step(tm, db, n_mels=cfg.n_mels))
+        m = jax.device_get(eval_step(tm, device_batch(b), n_mels=cfg.n_mels))
         ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
-        if tm.ctc is not None:
-            path, frames = jax.device_get(ctc_greedy_step(tm, db, n_mels=cfg.n_mels))
+        if "ctc_path" in m:
             keep = np.flatnonzero(b["valid"])
             ctc_refs += [b["text"][r] for r in keep]
-            ctc_hyps += [ctc_decode(path[r, : frames[r]]) for r in keep]
+            ctc_hyps += [ctc_decode(m["ctc_path"][r, : m["ctc_frames"][r]]) for r in keep]
     rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches)
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
     tm.train()
