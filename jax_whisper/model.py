@@ -42,7 +42,8 @@ class Buffer(nnx.Variable):
 @flax.struct.dataclass
 class KVCache:
     """Decoder key/value cache of fixed size: self-attention slots for every text position, cross-attention
-    keys/values computed once per audio. ``offset`` counts the tokens already written."""
+    keys/values computed once per audio. ``offset`` counts the tokens already written: a scalar shared by all
+    rows, or one per row (batch,)."""
 
     k: list[Array]  # per layer (batch, max_len, n_state)
     v: list[Array]
@@ -53,7 +54,14 @@ class KVCache:
     def reorder(self, index: Array) -> KVCache:
         """Select batch rows (beam search)."""
         take = lambda ts: [t[index] for t in ts]  # noqa: E731
-        return KVCache(take(self.k), take(self.v), take(self.xk), take(self.xv), self.offset)
+        offset = self.offset[index] if jnp.ndim(self.offset) else self.offset
+        return KVCache(take(self.k), take(self.v), take(self.xk), take(self.xv), offset)
+
+    def reorder_self(self, index: Array) -> KVCache:
+        """Select batch rows of the self-attention slots only: for beams of one audio, whose cross-attention
+        keys/values are equal, this skips copying the (much larger) audio side."""
+        offset = self.offset[index] if jnp.ndim(self.offset) else self.offset
+        return self.replace(k=[t[index] for t in self.k], v=[t[index] for t in self.v], offset=offset)
 
 
 _gelu = partial(jax.nn.gelu, approximate=False)  # Whisper uses the exact (erf) GELU
@@ -80,10 +88,7 @@ class MultiHeadAttention(nnx.Module):
         if xa is None:
             k, v = self.key(x), self.value(x)
             if kv_cache is not None:
-                k_buf, v_buf = kv_cache
-                k_buf = lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, offset, 0))
-                v_buf = lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, offset, 0))
-                k, v = kv_cache = k_buf, v_buf
+                k, v = kv_cache = tuple(_write(buf, new, offset) for buf, new in zip(kv_cache, (k, v), strict=True))
         elif kv_cache is None:
             k, v = self.key(xa), self.value(xa)
         else:
@@ -91,7 +96,11 @@ class MultiHeadAttention(nnx.Module):
         return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
 
     def qkv_attention(self, q, k, v, mask=None):
-        n_batch, n_ctx, n_state = q.shape
+        n_rows, n_query, n_state = q.shape
+        # Rows sharing one key/value row (the beams of one audio in cross-attention) are folded into its query
+        # axis, so the audio side is never copied per beam.
+        q = q.reshape(k.shape[0], -1, n_state)
+        n_batch, n_ctx = q.shape[:2]
         scale = (n_state // self.n_head) ** -0.25
         q = q.reshape(n_batch, n_ctx, self.n_head, -1).transpose(0, 2, 1, 3) * scale
         k = k.reshape(n_batch, k.shape[1], self.n_head, -1).transpose(0, 2, 3, 1) * scale
@@ -100,7 +109,15 @@ class MultiHeadAttention(nnx.Module):
         if mask is not None:
             qk = qk + mask
         w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(q.dtype))
-        return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state)
+        return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
+
+
+def _write(buf: Array, new: Array, offset: Array) -> Array:
+    """``new`` (batch, n, d) into ``buf`` (batch, slots, d) at slot ``offset``: a scalar, or one per row."""
+    new = new.astype(buf.dtype)
+    if jnp.ndim(offset) == 0:
+        return lax.dynamic_update_slice(buf, new, (0, offset, 0))
+    return jax.vmap(lambda b, x, o: lax.dynamic_update_slice(b, x, (o, 0)))(buf, new, offset)
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -171,29 +188,39 @@ class TextDecoder(nnx.Module):
         )
         self.ln = _LayerNorm(n_state, rngs=rngs)
 
-    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None):
+    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None, select: Array | None = None):
         """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
 
         Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
-        ``kv_cache.offset ...`` and the call returns ``(logits, kv_cache)`` with the offset advanced.
+        ``kv_cache.offset ...`` (per row if the offset is (batch,)) and the call returns ``(logits, kv_cache)``
+        with the offset advanced by n_tokens. ``select`` (batch, k) int: return the logits of those token
+        indices only, (batch, k, n_vocab); the vocabulary projection dominates a long prompt's cost.
         """
         n_ctx = self.positional_embedding.shape[0]
         offset = 0 if kv_cache is None else kv_cache.offset
         if x.ndim != 2 or x.shape[1] > n_ctx:  # a traced offset is checked by the caller's loop bound
             raise ValueError(f"tokens must be (batch, n) with n <= {n_ctx}, got {tuple(x.shape)}")
         n = x.shape[1]
-        x = self.token_embedding(x) + lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, n)
+        if jnp.ndim(offset) == 0:
+            pos = lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, n)
+        else:
+            pos = self.positional_embedding[...][offset[:, None] + jnp.arange(n)]  # (batch, n, n_state)
+        x = self.token_embedding(x) + pos
         if kv_cache is None:
             mask = jnp.where(jnp.tril(jnp.ones((n, n), bool)), 0.0, -jnp.inf)
         else:  # query i (absolute position offset + i) sees cache slots j <= offset + i
             slots = jnp.arange(kv_cache.k[0].shape[1])
-            positions = offset + jnp.arange(n)
-            mask = jnp.where(slots[None, :] <= positions[:, None], 0.0, -jnp.inf)
+            positions = jnp.asarray(offset)[..., None, None] + jnp.arange(n)[:, None]  # (n, 1) or (batch, n, 1)
+            mask = jnp.where(slots <= positions, 0.0, -jnp.inf)
+            if mask.ndim == 3:
+                mask = mask[:, None]  # (batch, 1, n, slots): broadcast over heads
         layers = []
         for i, block in enumerate(self.blocks):
             layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
             x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
             layers.append(layer)
+        if select is not None:
+            x = jnp.take_along_axis(x, select[..., None], axis=1)
         x = self.ln(x)
         logits = (x.astype(self.dtype) @ self.token_embedding.embedding[...].astype(self.dtype).T).astype(jnp.float32)
         if kv_cache is None:
@@ -230,8 +257,9 @@ class Whisper(nnx.Module):
     def embed_audio(self, mel: Array) -> Array:
         return self.encoder(mel)
 
-    def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None):
-        return self.decoder(tokens, audio_features, kv_cache)
+    def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None,
+               select: Array | None = None):
+        return self.decoder(tokens, audio_features, kv_cache, select)
 
     def __call__(self, mel: Array, tokens: Array) -> Array:
         return self.decoder(tokens, self.encoder(mel))
