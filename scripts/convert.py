@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Convert a Whisper checkpoint between formats: the input format is inferred, the output is named by --to."""
+"""Convert a Whisper checkpoint between formats. The input format is recognised from the files: this project's
+Flax directory or torch .safetensors, a training run, an OpenAI whisper .pt, a Hugging Face transformers
+directory, or a CTranslate2 / faster-whisper directory (a name found in a local cache also works; nothing is
+downloaded). The output format is named by --to."""
 
 from __future__ import annotations
 
@@ -9,25 +12,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+OUTPUTS = {"flax": "an orbax directory", "torch": "a .safetensors file", "openai": "a .pt file for "
+           "whisper.load_model", "hf": "a directory for transformers' from_pretrained"}
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input", type=Path, help="checkpoint to read (format inferred)")
-    parser.add_argument("output", type=Path, help="where to write (a directory for flax, a .safetensors file "
-                                                  "for torch)")
-    parser.add_argument("--to", required=True, choices=["flax", "torch"], help="output format")
+    parser.add_argument("input", help="checkpoint to read (path, or a model name in a local cache)")
+    parser.add_argument("output", type=Path, help="where to write: " + "; ".join(f"{k}: {v}"
+                                                                                for k, v in OUTPUTS.items()))
+    parser.add_argument("--to", required=True, choices=list(OUTPUTS), help="output format")
     args = parser.parse_args(argv)
 
-    from jax_whisper.convert import detect_format, load_checkpoint, num_params, save_checkpoint
+    from jax_whisper.convert import detect_format, load_checkpoint, num_params, resolve_model, save_checkpoint
 
     try:
-        fmt = detect_format(args.input)
-        cfg, model = load_checkpoint(args.input)
+        source = resolve_model(args.input)
+        fmt = detect_format(source)
+        cfg, model = load_checkpoint(source)
         save_checkpoint(model, cfg, args.output, format=args.to)
     except (OSError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
-    print(f"read {args.input} ({fmt}), wrote {args.output} ({args.to})")
+    print(f"read {source} ({fmt}), wrote {args.output} ({args.to})")
     print(cfg.to_json())
     print(f"parameters: {num_params(model):,}")
     return 0
