@@ -366,7 +366,11 @@ def _bucket(n: int, cap: int) -> int:
 
 def suppress_tokens(tokenizer: Tokenizer, suppress: str | Iterable[int] | None) -> tuple[int, ...]:
     """openai-whisper's suppressed ids: ``suppress`` ("-1" or -1 = the non-speech set) plus the task and
-    control tokens, which are never text (<|nospeech|> is read separately, as a probability)."""
+    control tokens, which are never text (<|nospeech|> is read separately, as a probability). An empty
+    ``suppress`` ("" or None) suppresses nothing at all, not even the control tokens (openai-whisper then skips
+    the filter)."""
+    if not suppress:
+        return ()
     if isinstance(suppress, str):
         ids = [int(t) for t in suppress.split(",") if t.strip()]
     else:
