@@ -45,10 +45,10 @@ class KVCache:
     keys/values computed once per audio. ``offset`` counts the tokens already written: a scalar shared by all
     rows, or one per row (batch,)."""
 
-    k: list[Array]  # per layer (batch, max_len, n_state)
-    v: list[Array]
-    xk: list[Array]  # per layer (batch, n_audio, n_state)
-    xv: list[Array]
+    k: list[Array]  # per layer (batch, n_head, d_head, max_len), scaled (MultiHeadAttention._heads)
+    v: list[Array]  # per layer (batch, n_head, max_len, d_head)
+    xk: list[Array]  # per layer (batch, n_head, d_head, n_audio), scaled (MultiHeadAttention.audio_kv)
+    xv: list[Array]  # per layer (batch, n_head, n_audio, d_head)
     offset: Array = 0
 
     def reorder(self, index: Array) -> KVCache:
@@ -82,20 +82,38 @@ class MultiHeadAttention(nnx.Module):
         """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
 
         ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
-        at ``offset``; for cross-attention, the precomputed keys/values of ``xa``. Returns ``(out, kv_cache)``.
+        at ``offset``; for cross-attention, the keys/values of ``xa`` from :meth:`audio_kv` (then ``xa`` is not
+        read). Returns ``(out, kv_cache)``.
         """
         q = self.query(x)
         if xa is None:
             k, v = self.key(x), self.value(x)
-            if kv_cache is not None:
-                k, v = kv_cache = tuple(_write(buf, new, offset) for buf, new in zip(kv_cache, (k, v), strict=True))
+            if kv_cache is not None:  # the slots are kept in the attention's layout, see _heads
+                k, v = self._heads(k, v)
+                kv_cache = _write(kv_cache[0], k, offset, axis=3), _write(kv_cache[1], v, offset, axis=2)
+                return self.out(self.qkv_attention(q, *kv_cache, mask, arranged=True)), kv_cache
         elif kv_cache is None:
-            k, v = self.key(xa), self.value(xa)
+            k, v = self._heads(self.key(xa), self.value(xa))
+            return self.out(self.qkv_attention(q, k, v, mask, arranged=True)), None
         else:
             k, v = kv_cache
+            return self.out(self.qkv_attention(q, k, v, mask, arranged=True)), kv_cache
         return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
 
-    def qkv_attention(self, q, k, v, mask=None):
+    def _heads(self, k, v):
+        """Keys (batch, n_head, d_head, n) scaled, values (batch, n_head, n, d_head): the layout the attention
+        product reads directly."""
+        n_batch, n, n_state = k.shape
+        scale = (n_state // self.n_head) ** -0.25
+        k = k.reshape(n_batch, n, self.n_head, -1).transpose(0, 2, 3, 1) * scale
+        return k, v.reshape(n_batch, n, self.n_head, -1).transpose(0, 2, 1, 3)
+
+    def audio_kv(self, xa):
+        """Cross-attention keys/values of the audio, computed once per audio and arranged once: re-arranging the
+        1500-frame keys at every decoding step would cost more than attending to them."""
+        return self._heads(self.key(xa), self.value(xa))
+
+    def qkv_attention(self, q, k, v, mask=None, arranged=False):
         n_rows, n_query, n_state = q.shape
         # Rows sharing one key/value row (the beams of one audio in cross-attention) are folded into its query
         # axis, so the audio side is never copied per beam.
@@ -103,8 +121,8 @@ class MultiHeadAttention(nnx.Module):
         n_batch, n_ctx = q.shape[:2]
         scale = (n_state // self.n_head) ** -0.25
         q = q.reshape(n_batch, n_ctx, self.n_head, -1).transpose(0, 2, 1, 3) * scale
-        k = k.reshape(n_batch, k.shape[1], self.n_head, -1).transpose(0, 2, 3, 1) * scale
-        v = v.reshape(n_batch, v.shape[1], self.n_head, -1).transpose(0, 2, 1, 3)
+        if not arranged:
+            k, v = self._heads(k, v)
         qk = (q @ k).astype(jnp.float32)
         if mask is not None:
             qk = qk + mask
@@ -112,12 +130,12 @@ class MultiHeadAttention(nnx.Module):
         return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
 
 
-def _write(buf: Array, new: Array, offset: Array) -> Array:
-    """``new`` (batch, n, d) into ``buf`` (batch, slots, d) at slot ``offset``: a scalar, or one per row."""
+def _write(buf: Array, new: Array, offset: Array, axis: int) -> Array:
+    """``new`` into ``buf`` at ``offset`` along the slot ``axis``: one offset for all rows, or one per row."""
     new = new.astype(buf.dtype)
     if jnp.ndim(offset) == 0:
-        return lax.dynamic_update_slice(buf, new, (0, offset, 0))
-    return jax.vmap(lambda b, x, o: lax.dynamic_update_slice(b, x, (o, 0)))(buf, new, offset)
+        return lax.dynamic_update_slice_in_dim(buf, new, offset, axis)
+    return jax.vmap(lambda b, x, o: lax.dynamic_update_slice_in_dim(b, x, o, axis - 1))(buf, new, offset)
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -209,7 +227,7 @@ class TextDecoder(nnx.Module):
         if kv_cache is None:
             mask = jnp.where(jnp.tril(jnp.ones((n, n), bool)), 0.0, -jnp.inf)
         else:  # query i (absolute position offset + i) sees cache slots j <= offset + i
-            slots = jnp.arange(kv_cache.k[0].shape[1])
+            slots = jnp.arange(kv_cache.k[0].shape[-1])
             positions = jnp.asarray(offset)[..., None, None] + jnp.arange(n)[:, None]  # (n, 1) or (batch, n, 1)
             mask = jnp.where(slots <= positions, 0.0, -jnp.inf)
             if mask.ndim == 3:
@@ -231,15 +249,12 @@ class TextDecoder(nnx.Module):
     def init_cache(self, xa: Array, max_len: int | None = None) -> KVCache:
         """Empty self-attention slots and the cross-attention keys/values of ``xa``, computed once."""
         max_len = max_len or self.positional_embedding.shape[0]
-        n_batch, n_state = xa.shape[0], xa.shape[2]
-        zeros = lambda: jnp.zeros((n_batch, max_len, n_state), self.dtype)  # noqa: E731
-        return KVCache(
-            k=[zeros() for _ in self.blocks],
-            v=[zeros() for _ in self.blocks],
-            xk=[b.cross_attn.key(xa) for b in self.blocks],
-            xv=[b.cross_attn.value(xa) for b in self.blocks],
-            offset=jnp.zeros((), jnp.int32),
-        )
+        n_batch, n_state, n_head = xa.shape[0], xa.shape[2], self.blocks[0].attn.n_head
+        shape = (n_batch, n_head, n_state // n_head, max_len)  # keys; values swap the last two axes
+        xk, xv = zip(*(b.cross_attn.audio_kv(xa) for b in self.blocks), strict=True)
+        return KVCache(k=[jnp.zeros(shape, self.dtype) for _ in self.blocks],
+                       v=[jnp.zeros((*shape[:2], max_len, shape[2]), self.dtype) for _ in self.blocks],
+                       xk=list(xk), xv=list(xv), offset=jnp.zeros((), jnp.int32))
 
 
 class Whisper(nnx.Module):
