@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax import Array, lax
 
-from jax_whisper.tokenizer import Tokenizer, get_tokenizer
+from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 
 # Seconds per timestamp token: the vocabulary's <|0.02|> step. openai-whisper derives it as 30 s / n_audio_ctx,
 # the same for every OpenAI model; ours also holds for configs with a shorter window.
@@ -455,8 +455,11 @@ def decode_features(model, features: Array, options: DecodingOptions = DecodingO
         codes, probs = detect_language(model, features, base)
         language_probs = [p if lang is None else None for lang, p in zip(languages, probs, strict=True)]
         languages = [c if lang is None else lang for lang, c in zip(languages, codes, strict=True)]
-    tokenizers = [dataclasses.replace(base, language=lang or ("en" if base.is_multilingual else None))
-                  for lang in languages]
+    if not base.is_multilingual:
+        languages = [lang or "en" for lang in languages]
+        if any(normalize_language(lang) != "en" for lang in languages):
+            raise ValueError(f"this model is English-only; got languages {sorted(set(languages))}")
+    tokenizers = [dataclasses.replace(base, language=lang if base.is_multilingual else None) for lang in languages]
     rows = [initial_tokens(tok, options, n_ctx, p) for tok, p in zip(tokenizers, prompts, strict=True)]
     lengths = np.array([len(r) for r in rows], np.int32)
     if lengths.max() > n_ctx:

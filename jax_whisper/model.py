@@ -87,17 +87,13 @@ class MultiHeadAttention(nnx.Module):
         """
         q = self.query(x)
         if xa is None:
-            k, v = self.key(x), self.value(x)
-            if kv_cache is not None:  # the slots are kept in the attention's layout, see _heads
-                k, v = self._heads(k, v)
-                kv_cache = _write(kv_cache[0], k, offset, axis=3), _write(kv_cache[1], v, offset, axis=2)
-                return self.out(self.qkv_attention(q, *kv_cache, mask, arranged=True)), kv_cache
+            k, v = self._heads(self.key(x), self.value(x))
+            if kv_cache is not None:  # the slots are kept in the attention's layout
+                k, v = kv_cache = _write(kv_cache[0], k, offset, axis=3), _write(kv_cache[1], v, offset, axis=2)
         elif kv_cache is None:
-            k, v = self._heads(self.key(xa), self.value(xa))
-            return self.out(self.qkv_attention(q, k, v, mask, arranged=True)), None
+            k, v = self.audio_kv(xa)
         else:
             k, v = kv_cache
-            return self.out(self.qkv_attention(q, k, v, mask, arranged=True)), kv_cache
         return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
 
     def _heads(self, k, v):
@@ -113,16 +109,14 @@ class MultiHeadAttention(nnx.Module):
         1500-frame keys at every decoding step would cost more than attending to them."""
         return self._heads(self.key(xa), self.value(xa))
 
-    def qkv_attention(self, q, k, v, mask=None, arranged=False):
+    def qkv_attention(self, q, k, v, mask=None):
+        """``q`` (rows, n, n_state); ``k``, ``v`` as :meth:`_heads` arranges them."""
         n_rows, n_query, n_state = q.shape
         # Rows sharing one key/value row (the beams of one audio in cross-attention) are folded into its query
         # axis, so the audio side is never copied per beam.
-        q = q.reshape(k.shape[0], -1, n_state)
-        n_batch, n_ctx = q.shape[:2]
+        n_batch = k.shape[0]
         scale = (n_state // self.n_head) ** -0.25
-        q = q.reshape(n_batch, n_ctx, self.n_head, -1).transpose(0, 2, 1, 3) * scale
-        if not arranged:
-            k, v = self._heads(k, v)
+        q = q.reshape(n_batch, -1, self.n_head, n_state // self.n_head).transpose(0, 2, 1, 3) * scale
         qk = (q @ k).astype(jnp.float32)
         if mask is not None:
             qk = qk + mask

@@ -31,7 +31,7 @@ from jax_whisper.decoding import (
     detect_language,
     embed_audio,
 )
-from jax_whisper.tokenizer import Tokenizer, get_tokenizer
+from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 
 FRAMES_PER_TOKEN = round(TIME_PRECISION * SAMPLE_RATE / HOP_LENGTH)  # 2: the conv stem's stride
 
@@ -204,7 +204,7 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     if not temperatures:
         raise ValueError("temperature must be a number or a non-empty sequence of numbers")
     english_only = not cfg.is_multilingual
-    if english_only and language not in (None, "en", "english", "English"):
+    if english_only and language is not None and normalize_language(language) != "en":
         raise ValueError(f"this model is English-only; got language {language!r}")
     settings = _Settings(
         decode=DecodingOptions(task=task, language=None if english_only else language, sample_len=sample_len,

