@@ -204,6 +204,8 @@ def detect_format(path: str | os.PathLike) -> str:
                              f"{', '.join(_HF_WEIGHT_FILES)} for Hugging Face, or model.bin for CTranslate2)")
     elif p.suffix == ".safetensors":
         return "torch"
+    elif p.name == "model.bin" and not _file_starts_with(p, _TORCH_ZIP_MAGIC):  # CTranslate2's, given directly
+        return "ctranslate2"
     elif p.suffix in (".pt", ".pth") or _file_starts_with(p, _TORCH_ZIP_MAGIC, _TORCH_LEGACY_MAGIC):
         return "openai"
     raise ValueError(
@@ -255,8 +257,9 @@ def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[Whis
 def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
     """A ``torch``/``openai``/``hf``/``ctranslate2`` checkpoint as ``(cfg, openai-named numpy arrays)``.
 
-    Arrays keep their stored float precision (fp16 stays fp16; bf16 and quantised ints become float32), so
-    ``TorchWhisper(cfg).load_state_dict({k: torch.from_numpy(v) ...})`` and ``torch_to_flax`` both take them.
+    Float arrays may keep a reduced stored precision (an OpenAI or HF fp16 checkpoint stays fp16; bf16 and
+    CTranslate2's quantised weights become float32); ``torch_to_flax`` and
+    ``TorchWhisper(cfg).load_state_dict({k: torch.from_numpy(v) ...})`` both widen them exactly.
     """
     fmt = fmt or detect_format(path)
     readers = {"torch": load_torch_state, "openai": load_openai_state, "hf": load_hf_state,
@@ -378,9 +381,14 @@ def load_openai_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str,
     except Exception as e:  # noqa: BLE001 (torch raises many kinds for a bad file)
         raise ValueError(f"checkpoint {str(path)!r}: not a readable torch file ({type(e).__name__}: {e})") from e
     if not (isinstance(ckpt, Mapping) and "dims" in ckpt and "model_state_dict" in ckpt):
-        found = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        if isinstance(ckpt, Mapping):
+            keys = sorted(map(str, ckpt))
+            found = f"keys {keys[:4]}" + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        else:
+            found = f"a {type(ckpt).__name__}"
         raise ValueError(f"checkpoint {str(path)!r}: not an OpenAI Whisper checkpoint: expected a dict with 'dims' "
-                         f"and 'model_state_dict', found {found}")
+                         f"and 'model_state_dict', found {found} (a Hugging Face pytorch_model.bin? pass its "
+                         f"directory)")
     cfg = _config_from(path, dict(ckpt["dims"]))
     return cfg, {k: _as_numpy(k, v) for k, v in ckpt["model_state_dict"].items()}
 
@@ -595,7 +603,7 @@ _CT2_NUMPY = {"float32": np.float32, "int8": np.int8, "int16": np.int16, "int32"
 _CT2_VERSIONS = range(4, 7)
 _CT2_REVISION = 3  # WhisperSpec's revision in ctranslate2 4.x
 # flags CTranslate2's WhisperSpec fixes; anything else would be a different computation
-_CT2_FLAGS = {"decoder/pre_norm": 1, "decoder/activation": 3, "decoder/alibi": 0,
+_CT2_FLAGS = {"decoder/pre_norm": 1, "decoder/activation": 3, "decoder/alibi": 0,  # activation 3: exact GELU
               "decoder/start_from_zero_embedding": 0}
 
 
