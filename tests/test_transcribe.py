@@ -93,24 +93,35 @@ def greedy(tiny, corpus):
     from jax_whisper.transcribe import transcribe_many
 
     ids = list(corpus)
-    timing = {}
-    t = time.process_time()
-    ours = dict(zip(ids, transcribe_many(tiny["jm"], tiny["cfg"], [corpus[i][0] for i in ids], batch_size=8,
-                                         **GREEDY), strict=True))
-    timing["ours"] = time.process_time() - t
-    t = time.process_time()
-    openai = {i: whisper.transcribe(tiny["om"], corpus[i][0], fp16=False, language="en", **GREEDY) for i in ids}
-    timing["openai"] = time.process_time() - t
+    with _timed("ours"):
+        ours = dict(zip(ids, transcribe_many(tiny["jm"], tiny["cfg"], [corpus[i][0] for i in ids], batch_size=8,
+                                             **GREEDY), strict=True))
+    with _timed("openai-whisper"):
+        openai = {i: whisper.transcribe(tiny["om"], corpus[i][0], fp16=False, language="en", **GREEDY) for i in ids}
     fw = _faster_whisper(tiny["path"])
-    t = time.process_time()
-    faster = {}
-    for i in ids:
-        segments, _ = fw.transcribe(corpus[i][0], language="en", beam_size=1, temperature=0.0,
-                                    condition_on_previous_text=False)
-        faster[i] = "".join(s.text for s in segments)
-    timing["faster-whisper"] = time.process_time() - t
-    print(f"\ngreedy, {len(ids)} files, CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
+    with _timed("faster-whisper"):
+        faster = {}
+        for i in ids:
+            segments, _ = fw.transcribe(corpus[i][0], language="en", beam_size=1, temperature=0.0,
+                                        condition_on_previous_text=False)
+            faster[i] = "".join(s.text for s in segments)
+    _report(f"greedy, {len(ids)} files")
     return {"ours": ours, "openai": openai, "faster": faster}
+
+
+_TIMES: dict[str, tuple[float, float]] = {}
+
+
+@contextlib.contextmanager
+def _timed(name: str):
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    _TIMES[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def _report(what: str) -> None:
+    print(f"\n{what}, wall / CPU seconds: " + ", ".join(f"{k} {w:.1f} / {c:.1f}" for k, (w, c) in _TIMES.items()))
+    _TIMES.clear()
 
 
 @pytest.mark.parametrize("item", IDS)
@@ -144,13 +155,13 @@ def test_beam5_equals_openai(tiny, corpus):
     from jax_whisper.transcribe import transcribe_many
 
     ids = list(corpus) if FULL else [i for i in corpus if i in ("espeak-00", "jfk-whisper.cpp.wav")]
-    t = time.process_time()
-    ours = list(transcribe_many(tiny["jm"], tiny["cfg"], [corpus[i][0] for i in ids], batch_size=4, beam_size=5,
-                                **GREEDY))
-    t_ours, t = time.process_time() - t, time.process_time()
-    ref = [whisper.transcribe(tiny["om"], corpus[i][0], fp16=False, language="en", beam_size=5, **GREEDY)
-           for i in ids]
-    print(f"\nbeam 5, {len(ids)} files, CPU seconds: ours {t_ours:.1f}, openai {time.process_time() - t:.1f}")
+    with _timed("ours"):
+        ours = list(transcribe_many(tiny["jm"], tiny["cfg"], [corpus[i][0] for i in ids], batch_size=4,
+                                    beam_size=5, **GREEDY))
+    with _timed("openai-whisper"):
+        ref = [whisper.transcribe(tiny["om"], corpus[i][0], fp16=False, language="en", beam_size=5, **GREEDY)
+               for i in ids]
+    _report(f"beam 5, {len(ids)} files")
     for i, o, r in zip(ids, ours, ref, strict=True):
         assert o["text"] == r["text"], i
         assert [(s["start"], s["end"]) for s in o["segments"]] == [(s["start"], s["end"]) for s in r["segments"]], i
