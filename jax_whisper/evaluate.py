@@ -1,14 +1,15 @@
 """Evaluation: batched greedy decoding under ``jit``, token -> text, word error rate, and the loop that ties them.
 
 * :func:`greedy_decode` runs the prompt through the decoder once and then one token per iteration of a
-  ``lax.while_loop`` over the fixed-size key/value cache, so a batch shape compiles once and the loop stops as
-  soon as every row has emitted ``eot``.
+  ``lax.while_loop`` over the fixed-size key/value cache (the loop of :mod:`jax_whisper.decoding`), so a batch
+  shape compiles once and the loop stops as soon as every row has emitted ``eot``.
 * :func:`decode_texts` turns its output into strings.
 * :func:`jax_whisper.scoring.word_error_rate` (re-exported here) scores hypotheses against references.
 * :func:`transcribe_batches` runs the three over the data pipeline's batches (``jax_whisper.data``'s format).
 
 The model must be in eval mode (``model.eval()``): dropout would make decoding random, and its RNG cannot
 advance inside the decoding loop. :func:`greedy_decode` raises if it finds active dropout.
+Full Whisper decoding (timestamps, beam search, temperature fallback) is :mod:`jax_whisper.decoding`.
 """
 
 from __future__ import annotations
@@ -17,69 +18,14 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import Array, lax
+from jax import Array
 
 from jax_whisper.config import WhisperConfig
+from jax_whisper.decoding import embed_audio, greedy_tokens
 from jax_whisper.scoring import SCORINGS, scoring_for, word_error_rate
 from jax_whisper.tokenizer import Tokenizer
-
-# How often the decoding function has been traced (Python side effect, runs only while tracing): lets tests
-# check that same-shape calls reuse one compilation.
-_TRACE_COUNT = {"greedy_decode": 0}
-
-
-def _check_eval_mode(model: nnx.Module) -> None:
-    for path, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Dropout) and module.rate > 0 and not module.deterministic:
-            name = ".".join(map(str, path)) or "model"
-            raise ValueError(f"{name} is a Dropout(rate={module.rate}) in training mode: call model.eval() "
-                             "before decoding (and model.train() to resume training)")
-
-
-@functools.partial(nnx.jit, static_argnames=("prompt", "eot", "max_tokens", "suppress"))
-def _greedy_decode(model, mel: Array, prompt: tuple[int, ...], eot: int, max_tokens: int,
-                   suppress: tuple[int, ...]) -> tuple[Array, Array]:
-    """Returns ``(tokens, steps)``: steps = token positions the loop filled (< max_tokens if it stopped early)."""
-    _TRACE_COUNT["greedy_decode"] += 1
-    n_batch = mel.shape[0]
-    n_ctx = model.decoder.positional_embedding.shape[0]
-    # Token i (0-based) is predicted from position len(prompt) + i - 1, which must exist in the context; the
-    # last token is never fed back, so len(prompt) + i - 1 <= n_ctx - 1 (openai-whisper's limit too).
-    limit = min(max_tokens, n_ctx - len(prompt) + 1)
-
-    audio = model.embed_audio(mel)
-    cache = model.init_cache(audio, n_ctx)
-    prompt_tokens = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (n_batch, len(prompt)))
-    logits, cache = model.logits(prompt_tokens, audio, cache)
-    n_vocab = logits.shape[-1]
-    if not 0 <= eot < n_vocab or any(not 0 <= t < n_vocab for t in suppress):
-        raise ValueError(f"eot {eot} and suppress ids must be in [0, {n_vocab}) (the model's vocabulary)")
-    bias = np.zeros(n_vocab, np.float32)
-    bias[list(suppress)] = -np.inf
-
-    def pick(logits: Array) -> Array:
-        return jnp.argmax(logits[:, -1] + bias, axis=-1).astype(jnp.int32)
-
-    first = pick(logits)
-    out = jnp.full((n_batch, max_tokens), eot, jnp.int32).at[:, 0].set(first)
-
-    def cond(state):
-        i, _, done, _ = state
-        return (i < limit) & ~jnp.all(done)
-
-    def body(state):
-        i, out, done, cache = state
-        prev = lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # (B, 1): the last token, fed at its position
-        logits, cache = model.logits(prev, audio, cache)
-        token = jnp.where(done, eot, pick(logits))  # finished rows keep emitting eot: the padding
-        out = lax.dynamic_update_slice_in_dim(out, token[:, None], i, axis=1)
-        return i + 1, out, done | (token == eot), cache
-
-    steps, out, _, _ = lax.while_loop(cond, body, (jnp.int32(1), out, first == eot, cache))
-    return out, steps
 
 
 def greedy_decode(model: nnx.Module, mel: Array | np.ndarray, prompt: Sequence[int], *, eot: int,
@@ -93,20 +39,24 @@ def greedy_decode(model: nnx.Module, mel: Array | np.ndarray, prompt: Sequence[i
     context is full (at most ``n_text_ctx - len(prompt) + 1`` tokens; a row cut there is padded with ``eot``
     too, so it looks finished).
 
-    Compiled once per (batch shape, prompt, eot, max_tokens, suppress). The model must be in eval mode
-    (``model.eval()``); active dropout raises ValueError.
+    The loop is :func:`jax_whisper.decoding.greedy_tokens` (no timestamp rules, no blank suppression): compiled
+    once per (batch shape, eot, max_tokens); the prompt and suppressed ids are data. The model must be in eval
+    mode (``model.eval()``); active dropout raises ValueError.
     """
     prompt = tuple(int(t) for t in prompt)
     suppress = tuple(sorted({int(t) for t in suppress or ()}))
     n_ctx = model.decoder.positional_embedding.shape[0]
+    n_vocab = model.decoder.token_embedding.embedding.shape[0]
     if not 0 < len(prompt) <= n_ctx:
         raise ValueError(f"prompt must hold 1..{n_ctx} (n_text_ctx) tokens, got {len(prompt)}")
     if not (isinstance(max_tokens, int | np.integer) and max_tokens >= 1):
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
     if int(eot) in suppress:
         raise ValueError(f"suppress contains eot ({eot}): no row could ever finish")
-    _check_eval_mode(model)
-    tokens, _ = _greedy_decode(model, jnp.asarray(mel, jnp.float32), prompt, int(eot), int(max_tokens), suppress)
+    if not 0 <= eot < n_vocab or any(not 0 <= t < n_vocab for t in suppress):
+        raise ValueError(f"eot {eot} and suppress ids must be in [0, {n_vocab}) (the model's vocabulary)")
+    tokens, _ = greedy_tokens(model, embed_audio(model, mel), prompt, eot=int(eot), max_tokens=int(max_tokens),
+                              suppress=suppress)
     return tokens
 
 

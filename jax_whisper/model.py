@@ -42,18 +42,26 @@ class Buffer(nnx.Variable):
 @flax.struct.dataclass
 class KVCache:
     """Decoder key/value cache of fixed size: self-attention slots for every text position, cross-attention
-    keys/values computed once per audio. ``offset`` counts the tokens already written."""
+    keys/values computed once per audio. ``offset`` counts the tokens already written: a scalar shared by all
+    rows, or one per row (batch,)."""
 
-    k: list[Array]  # per layer (batch, max_len, n_state)
-    v: list[Array]
-    xk: list[Array]  # per layer (batch, n_audio, n_state)
-    xv: list[Array]
+    k: list[Array]  # per layer (batch, n_head, d_head, max_len), scaled (MultiHeadAttention._heads)
+    v: list[Array]  # per layer (batch, n_head, max_len, d_head)
+    xk: list[Array]  # per layer (batch, n_head, d_head, n_audio), scaled (MultiHeadAttention.audio_kv)
+    xv: list[Array]  # per layer (batch, n_head, n_audio, d_head)
     offset: Array = 0
 
     def reorder(self, index: Array) -> KVCache:
         """Select batch rows (beam search)."""
         take = lambda ts: [t[index] for t in ts]  # noqa: E731
-        return KVCache(take(self.k), take(self.v), take(self.xk), take(self.xv), self.offset)
+        offset = self.offset[index] if jnp.ndim(self.offset) else self.offset
+        return KVCache(take(self.k), take(self.v), take(self.xk), take(self.xv), offset)
+
+    def reorder_self(self, index: Array) -> KVCache:
+        """Select batch rows of the self-attention slots only: for beams of one audio, whose cross-attention
+        keys/values are equal, this skips copying the (much larger) audio side."""
+        offset = self.offset[index] if jnp.ndim(self.offset) else self.offset
+        return self.replace(k=[t[index] for t in self.k], v=[t[index] for t in self.v], offset=offset)
 
 
 _gelu = partial(jax.nn.gelu, approximate=False)  # Whisper uses the exact (erf) GELU
@@ -74,33 +82,79 @@ class MultiHeadAttention(nnx.Module):
         """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
 
         ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
-        at ``offset``; for cross-attention, the precomputed keys/values of ``xa``. Returns ``(out, kv_cache)``.
+        at ``offset``; for cross-attention, the keys/values of ``xa`` from :meth:`audio_kv` (then ``xa`` is not
+        read). Returns ``(out, kv_cache)``.
         """
         q = self.query(x)
         if xa is None:
-            k, v = self.key(x), self.value(x)
-            if kv_cache is not None:
-                k_buf, v_buf = kv_cache
-                k_buf = lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, offset, 0))
-                v_buf = lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, offset, 0))
-                k, v = kv_cache = k_buf, v_buf
+            k, v = self._heads(self.key(x), self.value(x))
+            if kv_cache is not None:  # the slots are kept in the attention's layout
+                k, v = kv_cache = _write(kv_cache[0], k, offset, axis=3), _write(kv_cache[1], v, offset, axis=2)
         elif kv_cache is None:
-            k, v = self.key(xa), self.value(xa)
+            k, v = self.audio_kv(xa)
         else:
             k, v = kv_cache
         return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
 
-    def qkv_attention(self, q, k, v, mask=None):
-        n_batch, n_ctx, n_state = q.shape
+    def _heads(self, k, v):
+        """Keys (batch, n_head, d_head, n) scaled, values (batch, n_head, n, d_head): the layout the attention
+        product reads directly."""
+        n_batch, n, n_state = k.shape
         scale = (n_state // self.n_head) ** -0.25
-        q = q.reshape(n_batch, n_ctx, self.n_head, -1).transpose(0, 2, 1, 3) * scale
-        k = k.reshape(n_batch, k.shape[1], self.n_head, -1).transpose(0, 2, 3, 1) * scale
-        v = v.reshape(n_batch, v.shape[1], self.n_head, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(n_batch, n, self.n_head, -1).transpose(0, 2, 3, 1) * scale
+        return k, v.reshape(n_batch, n, self.n_head, -1).transpose(0, 2, 1, 3)
+
+    def audio_kv(self, xa):
+        """Cross-attention keys/values of the audio, computed once per audio and arranged once: re-arranging the
+        1500-frame keys at every decoding step would cost more than attending to them."""
+        return self._heads(self.key(xa), self.value(xa))
+
+    def qkv_attention(self, q, k, v, mask=None):
+        """``q`` (rows, n, n_state); ``k``, ``v`` as :meth:`_heads` arranges them."""
+        n_rows, n_query, n_state = q.shape
+        # Rows sharing one key/value row (the beams of one audio in cross-attention) are folded into its query
+        # axis, so the audio side is never copied per beam.
+        n_batch = k.shape[0]
+        scale = (n_state // self.n_head) ** -0.25
+        q = q.reshape(n_batch, -1, self.n_head, n_state // self.n_head).transpose(0, 2, 1, 3) * scale
+        # (dropout draws random bits, which a lax.map body cannot do with nnx's RNG streams)
+        inference = self.attn_dropout.deterministic or self.attn_dropout.rate == 0
+        chunk = _query_chunk(q.shape[2]) if mask is None and inference else 0
+        if chunk:  # long self-attention (the encoder's 1500 frames): row by row, queries in chunks
+            def row(qkv):
+                qb, kb, vb = qkv  # (n_head, n, d_head) queries of one row against its own keys and values
+                parts = qb.reshape(qb.shape[0], -1, chunk, qb.shape[2]).transpose(1, 0, 2, 3)
+                return lax.map(lambda qc: self._attend(qc, kb, vb, None), parts).transpose(1, 0, 2, 3)
+
+            out = lax.map(row, (q, k, v)).reshape(q.shape)
+        else:
+            out = self._attend(q, k, v, mask)
+        return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
+
+    def _attend(self, q, k, v, mask):
         qk = (q @ k).astype(jnp.float32)
         if mask is not None:
             qk = qk + mask
         w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(q.dtype))
-        return (w @ v.astype(w.dtype)).transpose(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state)
+        return w @ v.astype(w.dtype)
+
+
+def _query_chunk(n: int) -> int:
+    """Query chunk for attention over ``n`` positions, or 0 for none. On CPU, XLA's softmax over a
+    (batch, heads, 1500, 1500) score matrix runs from memory; one row and ~250 queries at a time keep it in
+    cache: the tiny encoder's attention runs 2.5x faster at batch 4. Only for long sequences and when a divisor
+    of ``n`` near 250 exists."""
+    if n <= 512:
+        return 0
+    return next((c for c in range(256, 127, -1) if n % c == 0), 0)
+
+
+def _write(buf: Array, new: Array, offset: Array, axis: int) -> Array:
+    """``new`` into ``buf`` at ``offset`` along the slot ``axis``: one offset for all rows, or one per row."""
+    new = new.astype(buf.dtype)
+    if jnp.ndim(offset) == 0:
+        return lax.dynamic_update_slice_in_dim(buf, new, offset, axis)
+    return jax.vmap(lambda b, x, o: lax.dynamic_update_slice_in_dim(b, x, o, axis - 1))(buf, new, offset)
 
 
 class ResidualAttentionBlock(nnx.Module):
@@ -171,29 +225,39 @@ class TextDecoder(nnx.Module):
         )
         self.ln = _LayerNorm(n_state, rngs=rngs)
 
-    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None):
+    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None, select: Array | None = None):
         """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
 
         Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
-        ``kv_cache.offset ...`` and the call returns ``(logits, kv_cache)`` with the offset advanced.
+        ``kv_cache.offset ...`` (per row if the offset is (batch,)) and the call returns ``(logits, kv_cache)``
+        with the offset advanced by n_tokens. ``select`` (batch, k) int: return the logits of those token
+        indices only, (batch, k, n_vocab); the vocabulary projection dominates a long prompt's cost.
         """
         n_ctx = self.positional_embedding.shape[0]
         offset = 0 if kv_cache is None else kv_cache.offset
         if x.ndim != 2 or x.shape[1] > n_ctx:  # a traced offset is checked by the caller's loop bound
             raise ValueError(f"tokens must be (batch, n) with n <= {n_ctx}, got {tuple(x.shape)}")
         n = x.shape[1]
-        x = self.token_embedding(x) + lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, n)
+        if jnp.ndim(offset) == 0:
+            pos = lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, n)
+        else:
+            pos = self.positional_embedding[...][offset[:, None] + jnp.arange(n)]  # (batch, n, n_state)
+        x = self.token_embedding(x) + pos
         if kv_cache is None:
             mask = jnp.where(jnp.tril(jnp.ones((n, n), bool)), 0.0, -jnp.inf)
         else:  # query i (absolute position offset + i) sees cache slots j <= offset + i
-            slots = jnp.arange(kv_cache.k[0].shape[1])
-            positions = offset + jnp.arange(n)
-            mask = jnp.where(slots[None, :] <= positions[:, None], 0.0, -jnp.inf)
+            slots = jnp.arange(kv_cache.k[0].shape[-1])
+            positions = jnp.asarray(offset)[..., None, None] + jnp.arange(n)[:, None]  # (n, 1) or (batch, n, 1)
+            mask = jnp.where(slots <= positions, 0.0, -jnp.inf)
+            if mask.ndim == 3:
+                mask = mask[:, None]  # (batch, 1, n, slots): broadcast over heads
         layers = []
         for i, block in enumerate(self.blocks):
             layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
             x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
             layers.append(layer)
+        if select is not None:
+            x = jnp.take_along_axis(x, select[..., None], axis=1)
         x = self.ln(x)
         logits = (x.astype(self.dtype) @ self.token_embedding.embedding[...].astype(self.dtype).T).astype(jnp.float32)
         if kv_cache is None:
@@ -204,15 +268,12 @@ class TextDecoder(nnx.Module):
     def init_cache(self, xa: Array, max_len: int | None = None) -> KVCache:
         """Empty self-attention slots and the cross-attention keys/values of ``xa``, computed once."""
         max_len = max_len or self.positional_embedding.shape[0]
-        n_batch, n_state = xa.shape[0], xa.shape[2]
-        zeros = lambda: jnp.zeros((n_batch, max_len, n_state), self.dtype)  # noqa: E731
-        return KVCache(
-            k=[zeros() for _ in self.blocks],
-            v=[zeros() for _ in self.blocks],
-            xk=[b.cross_attn.key(xa) for b in self.blocks],
-            xv=[b.cross_attn.value(xa) for b in self.blocks],
-            offset=jnp.zeros((), jnp.int32),
-        )
+        n_batch, n_state, n_head = xa.shape[0], xa.shape[2], self.blocks[0].attn.n_head
+        shape = (n_batch, n_head, n_state // n_head, max_len)  # keys; values swap the last two axes
+        xk, xv = zip(*(b.cross_attn.audio_kv(xa) for b in self.blocks), strict=True)
+        return KVCache(k=[jnp.zeros(shape, self.dtype) for _ in self.blocks],
+                       v=[jnp.zeros((*shape[:2], max_len, shape[2]), self.dtype) for _ in self.blocks],
+                       xk=list(xk), xv=list(xv), offset=jnp.zeros((), jnp.int32))
 
 
 class Whisper(nnx.Module):
@@ -230,8 +291,9 @@ class Whisper(nnx.Module):
     def embed_audio(self, mel: Array) -> Array:
         return self.encoder(mel)
 
-    def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None):
-        return self.decoder(tokens, audio_features, kv_cache)
+    def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None,
+               select: Array | None = None):
+        return self.decoder(tokens, audio_features, kv_cache, select)
 
     def __call__(self, mel: Array, tokens: Array) -> Array:
         return self.decoder(tokens, self.encoder(mel))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_whisper import evaluate
+from jax_whisper import decoding
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import WhisperConfig
 from jax_whisper.evaluate import decode_texts, greedy_decode, transcribe_batches
@@ -134,9 +134,10 @@ def test_suppress_padding_context_limit_early_stop_one_compilation(model, mel, r
     assert stop is not None, f"no usable stop token in {free}"  # a property of the random model, not the code
     (never,) = set(range(3)) - set(where)
 
-    traces = evaluate._TRACE_COUNT["greedy_decode"]
-    tokens, steps = evaluate._greedy_decode(model, jnp.asarray(mel), PROMPT, stop, 20, suppress)
-    assert evaluate._TRACE_COUNT["greedy_decode"] == traces + 1  # a signature no other test uses
+    traces = decoding._TRACE_COUNT["search"]
+    tokens, steps = decoding.greedy_tokens(model, decoding.embed_audio(model, mel), PROMPT, eot=stop, max_tokens=20,
+                                           suppress=suppress)
+    assert decoding._TRACE_COUNT["search"] == traces + 1  # a signature no other test uses
     tokens = first_run = np.asarray(tokens)
     np.testing.assert_array_equal(tokens, reference_greedy(model, mel, PROMPT, eot=stop, max_tokens=20,
                                                            suppress=suppress))
@@ -149,7 +150,8 @@ def test_suppress_padding_context_limit_early_stop_one_compilation(model, mel, r
     # Same shapes, only finishing rows: no new trace, and the loop ends right after the last row finishes.
     rows = sorted(where, key=where.get)
     rows = [rows[0], rows[1], rows[0]]
-    tokens, steps = evaluate._greedy_decode(model, jnp.asarray(mel[rows]), PROMPT, stop, 20, suppress)
+    tokens, steps = decoding.greedy_tokens(model, decoding.embed_audio(model, mel[rows]), PROMPT, eot=stop,
+                                           max_tokens=20, suppress=suppress)
     np.testing.assert_array_equal(np.asarray(tokens), _cut(free[rows], stop))
     assert int(steps) == where[rows[1]] + 1 < LIMIT
 
@@ -157,7 +159,7 @@ def test_suppress_padding_context_limit_early_stop_one_compilation(model, mel, r
     other = random_model(CFG, 2)
     out = greedy_decode(other, mel, list(PROMPT), eot=stop, max_tokens=20, suppress=suppress[::-1])
     assert out.shape == (3, 20) and not np.array_equal(np.asarray(out), first_run)
-    assert evaluate._TRACE_COUNT["greedy_decode"] == traces + 1
+    assert decoding._TRACE_COUNT["search"] == traces + 1
 
 
 def _cut(rows, stop):

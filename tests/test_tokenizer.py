@@ -252,3 +252,68 @@ def test_import_pulls_in_no_framework():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"
+
+
+# ---- every language and task, timestamps, decoding prompts (pretrained models) ----
+
+
+@pytest.mark.parametrize("num_languages", [99, 100])
+def test_every_language_and_task_matches_openai(wt, num_languages):
+    for code in list(tk.LANGUAGES)[:num_languages]:
+        for task in TASKS_AND_NONE:
+            ours = get_tokenizer(multilingual=True, num_languages=num_languages, language=code, task=task)
+            ref = wt.get_tokenizer(True, num_languages=num_languages, language=code, task=task)
+            assert ours.sot_sequence == ref.sot_sequence, (code, task)
+            assert ours.sot_sequence_including_notimestamps == ref.sot_sequence_including_notimestamps
+            assert ours.language_token == ref.language_token == ref.to_language_token(code)
+
+
+TASKS_AND_NONE = ("transcribe", "translate", None)
+
+
+@pytest.mark.parametrize("multilingual,num_languages", OPENAI_VOCABS)
+def test_timestamps_and_decoding_match_openai(wt, multilingual, num_languages):
+    ours = get_tokenizer(multilingual=multilingual, num_languages=num_languages)
+    ref = wt.get_tokenizer(multilingual, num_languages=num_languages)
+    tb = ours.timestamp_begin
+    for i in (0, 1, 49, 50, 777, 1500):
+        assert ours.decode_with_timestamps([tb + i]) == ref.decode_with_timestamps([tb + i]) == f"<|{i * 0.02:.2f}|>"
+    text = ours.encode(" Hello world, it's 3:45.") + ours.encode(" Café naïve.")
+    ids = [*ours.sot_sequence, tb + 12, *text[:4], tb + 60, tb + 60, *text[4:], tb + 150, ours.eot]
+    assert ours.decode_with_timestamps(ids) == ref.decode_with_timestamps(ids)
+    # openai's decode drops only timestamps; ours drops every special token: equal on text + timestamps.
+    body = [t for t in ids if t < ours.eot or t >= tb]
+    assert ours.decode(body) == ref.decode(body) == " Hello world, it's 3:45. Café naïve."
+
+
+def _openai_task(wt, multilingual: bool, num_languages: int, **options):
+    """openai-whisper's DecodingTask for a model stub (only its vocabulary and sizes are read)."""
+    from types import SimpleNamespace
+
+    from whisper.decoding import DecodingOptions, DecodingTask
+
+    model = SimpleNamespace(is_multilingual=multilingual, num_languages=num_languages,
+                            dims=SimpleNamespace(n_text_ctx=448, n_audio_ctx=1500),
+                            decoder=SimpleNamespace(blocks=[]))
+    return DecodingTask(model, DecodingOptions(**options))
+
+
+@pytest.mark.parametrize("multilingual,num_languages", OPENAI_VOCABS)
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(without_timestamps=True, suppress_tokens="-1,13,220"),
+    dict(suppress_tokens="", prompt="the previous window's words", prefix="And so"),
+    dict(suppress_tokens=[5, 7], prompt=list(range(1000, 1300)), sample_len=100, prefix="a b c d e f g h"),
+], ids=["default", "text-only", "prompt-prefix", "long-prompt"])
+def test_decoding_prompt_and_suppression_match_openai(wt, multilingual, num_languages, options):
+    from jax_whisper.decoding import DecodingOptions, initial_tokens, suppress_tokens
+
+    language = "fr" if multilingual else "en"
+    task = _openai_task(wt, multilingual, num_languages, language=language, **options)
+    tok = get_tokenizer(multilingual=multilingual, num_languages=num_languages, language=language)
+    ours = DecodingOptions(language=language, **options)
+    assert initial_tokens(tok, ours, 448) == task.initial_tokens
+    # An empty list means no SuppressTokens filter at all in openai-whisper (its _get_suppress_tokens would fail).
+    expected = task._get_suppress_tokens() if options.get("suppress_tokens", "-1") else ()
+    assert suppress_tokens(tok, ours.suppress_tokens) == expected
+    assert task.sample_begin == len(task.initial_tokens)

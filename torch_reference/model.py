@@ -35,10 +35,10 @@ class KVCache:
     """Decoder key/value cache of fixed size: self-attention slots for every text position, cross-attention
     keys/values computed once per audio. ``offset`` counts the tokens already written."""
 
-    k: list[Tensor]  # per layer (batch, max_len, n_state)
-    v: list[Tensor]
-    xk: list[Tensor]  # per layer (batch, n_audio, n_state)
-    xv: list[Tensor]
+    k: list[Tensor]  # per layer (batch, n_head, d_head, max_len), scaled (MultiHeadAttention._heads)
+    v: list[Tensor]  # per layer (batch, n_head, max_len, d_head)
+    xk: list[Tensor]  # per layer (batch, n_head, d_head, n_audio), scaled (MultiHeadAttention.audio_kv)
+    xv: list[Tensor]  # per layer (batch, n_head, n_audio, d_head)
     offset: int = 0
 
     def reorder(self, index: Tensor) -> KVCache:
@@ -61,36 +61,52 @@ class MultiHeadAttention(nn.Module):
         """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
 
         ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
-        at ``offset``; for cross-attention, the precomputed keys/values of ``xa``. Returns ``(out, kv_cache)``.
+        at ``offset``; for cross-attention, the keys/values of ``xa`` from :meth:`audio_kv` (then ``xa`` is not
+        read). Returns ``(out, kv_cache)``.
         """
         q = self.query(x)
         if xa is None:
-            k, v = self.key(x), self.value(x)
-            if kv_cache is not None:
+            k, v = self._heads(self.key(x), self.value(x))
+            if kv_cache is not None:  # the slots are kept in the attention's layout
                 k_buf, v_buf = kv_cache
                 n_ctx = x.shape[1]
-                if offset + n_ctx > k_buf.shape[1]:
-                    raise ValueError(f"kv cache holds {k_buf.shape[1]} positions, asked for {offset + n_ctx}")
-                k_buf[:, offset : offset + n_ctx] = k.to(k_buf.dtype)
-                v_buf[:, offset : offset + n_ctx] = v.to(v_buf.dtype)
-                k, v = k_buf, v_buf
+                if offset + n_ctx > k_buf.shape[3]:
+                    raise ValueError(f"kv cache holds {k_buf.shape[3]} positions, asked for {offset + n_ctx}")
+                k_buf[..., offset : offset + n_ctx] = k.to(k_buf.dtype)
+                v_buf[:, :, offset : offset + n_ctx] = v.to(v_buf.dtype)
+                k, v = kv_cache = k_buf, v_buf
         elif kv_cache is None:
-            k, v = self.key(xa), self.value(xa)
+            k, v = self.audio_kv(xa)
         else:
             k, v = kv_cache
         return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
 
+    def _heads(self, k, v):
+        """Keys (batch, n_head, d_head, n) scaled, values (batch, n_head, n, d_head): the layout the attention
+        product reads directly."""
+        n_batch, n, n_state = k.shape
+        scale = (n_state // self.n_head) ** -0.25
+        k = k.view(n_batch, n, self.n_head, -1).permute(0, 2, 3, 1) * scale
+        return k, v.view(n_batch, n, self.n_head, -1).permute(0, 2, 1, 3)
+
+    def audio_kv(self, xa):
+        """Cross-attention keys/values of the audio, computed once per audio and arranged once."""
+        return self._heads(self.key(xa), self.value(xa))
+
     def qkv_attention(self, q, k, v, mask=None):
+        """``q`` (batch, n, n_state); ``k``, ``v`` as :meth:`_heads` arranges them. (The Flax model also folds
+        beams into the query axis and chunks long queries; neither changes the function.)"""
         n_batch, n_ctx, n_state = q.shape
         scale = (n_state // self.n_head) ** -0.25
         q = q.view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3) * scale
-        k = k.view(n_batch, k.shape[1], self.n_head, -1).permute(0, 2, 3, 1) * scale
-        v = v.view(n_batch, v.shape[1], self.n_head, -1).permute(0, 2, 1, 3)
+        return self._attend(q, k, v, mask).permute(0, 2, 1, 3).flatten(start_dim=2)
+
+    def _attend(self, q, k, v, mask):
         qk = (q @ k).float()
         if mask is not None:
             qk = qk + mask
         w = self.attn_dropout(F.softmax(qk, dim=-1).to(q.dtype))
-        return (w @ v).permute(0, 2, 1, 3).flatten(start_dim=2)
+        return w @ v.to(w.dtype)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -176,7 +192,7 @@ class TextDecoder(nn.Module):
         if kv_cache is None:
             mask = self.mask[:n, :n]
         else:  # query i (absolute position offset + i) sees cache slots j <= offset + i
-            slots = torch.arange(kv_cache.k[0].shape[1], device=x.device)
+            slots = torch.arange(kv_cache.k[0].shape[-1], device=x.device)
             positions = offset + torch.arange(n, device=x.device)
             mask = torch.where(slots[None, :] <= positions[:, None], 0.0, -math.inf)
         layers = []
@@ -194,14 +210,12 @@ class TextDecoder(nn.Module):
     def init_cache(self, xa: Tensor, max_len: int | None = None) -> KVCache:
         """Empty self-attention slots and the cross-attention keys/values of ``xa``, computed once."""
         max_len = max_len or self.positional_embedding.shape[0]
-        n_batch, n_state = xa.shape[0], xa.shape[2]
-        zeros = lambda: xa.new_zeros(n_batch, max_len, n_state)  # noqa: E731
-        return KVCache(
-            k=[zeros() for _ in self.blocks],
-            v=[zeros() for _ in self.blocks],
-            xk=[b.cross_attn.key(xa) for b in self.blocks],
-            xv=[b.cross_attn.value(xa) for b in self.blocks],
-        )
+        n_batch, n_state, n_head = xa.shape[0], xa.shape[2], self.blocks[0].attn.n_head
+        shape = (n_batch, n_head, n_state // n_head, max_len)  # keys; values swap the last two axes
+        xk, xv = zip(*(b.cross_attn.audio_kv(xa) for b in self.blocks), strict=True)
+        return KVCache(k=[xa.new_zeros(shape) for _ in self.blocks],
+                       v=[xa.new_zeros(*shape[:2], max_len, shape[2]) for _ in self.blocks],
+                       xk=list(xk), xv=list(xv))
 
 
 class Whisper(nn.Module):
