@@ -184,7 +184,29 @@ class ResidualAttentionBlock(nnx.Module):
         return x, None if kv_cache is None else (*self_kv, *cross_kv)
 
 
+def _scan_blocks(blocks: nnx.List, x: Array, **kw) -> Array:
+    """``x`` through ``blocks`` (identical structure, no cache) as one ``lax.scan`` over their stacked state.
+
+    XLA compiles one block instead of every layer (compile time), and the loop body is a fusion boundary: unrolled,
+    XLA's CPU fusion re-derives the residual stream's gradient through all later layers inside each layer's weight
+    gradient. Parameters stay one module per layer (checkpoint names unchanged); each layer's dropout stream is
+    advanced as in the unrolled loop, so both give the same function and the same random masks."""
+    graphdef, _ = nnx.split(blocks[0])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(nnx.state(b) for b in blocks))
+
+    def body(x, state):
+        block = nnx.merge(graphdef, state)
+        x, _ = block(x, **kw)
+        return x, nnx.state(block)
+
+    x, stacked = lax.scan(body, x, stacked)
+    for i, b in enumerate(blocks):
+        nnx.update(b, jax.tree.map(lambda a, i=i: a[i], stacked))  # dropout counters
+    return x
+
+
 class AudioEncoder(nnx.Module):
+    scan = True  # the blocks as one lax.scan (_scan_blocks); False unrolls them
     def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, dropout: float = 0.0,
                  attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(n_mels, n_state, kernel_size=3, padding=((1, 1),), dtype=dtype, rngs=rngs)
@@ -208,12 +230,16 @@ class AudioEncoder(nnx.Module):
         x = _gelu(self.conv1(x))
         x = _gelu(self.conv2(x))
         x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
-        for block in self.blocks:
-            x, _ = block(x)
+        if self.scan:
+            x = _scan_blocks(self.blocks, x)
+        else:
+            for block in self.blocks:
+                x, _ = block(x)
         return self.ln_post(x)
 
 
 class TextDecoder(nnx.Module):
+    scan = True  # without a cache, the blocks as one lax.scan (_scan_blocks); False unrolls them
     def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, dropout: float = 0.0,
                  attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
@@ -252,10 +278,13 @@ class TextDecoder(nnx.Module):
             if mask.ndim == 3:
                 mask = mask[:, None]  # (batch, 1, n, slots): broadcast over heads
         layers = []
-        for i, block in enumerate(self.blocks):
-            layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
-            x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
-            layers.append(layer)
+        if self.scan and kv_cache is None:
+            x = _scan_blocks(self.blocks, x, xa=xa, mask=mask)
+        else:
+            for i, block in enumerate(self.blocks):
+                layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
+                x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
+                layers.append(layer)
         if select is not None:
             x = jnp.take_along_axis(x, select[..., None], axis=1)
         x = self.ln(x)
