@@ -280,8 +280,7 @@ class TorchTrain:
 
     def warm_up(self) -> dict:
         first = self.run()["seconds"]  # torch.compile compiles here
-        return {"first_step_s": first, "second_step_s": self.run()["seconds"]} if self.compiled else {
-            "first_step_s": first}
+        return {"first_step_s": first, "second_step_s": self.run()["seconds"]}
 
     def run(self) -> dict:
         tc = self.tc
@@ -384,7 +383,6 @@ def _export_openai(src: str, dst: str) -> None:
 
 class _Worker:
     def __init__(self, ctx, name: str, spec: dict, cpus: list[int]):
-        self.name = name
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker, args=(child, name, spec, cpus), name=f"benchmark-{name}",
                                 daemon=True)
@@ -401,6 +399,7 @@ class _Worker:
             return {"error": f"worker died (exit code {self.proc.exitcode})"}
 
     def close(self) -> None:
+        self.conn.close()  # a worker still waiting for a command (after an interruption) then ends
         self.proc.join(30)
         if self.proc.is_alive():
             self.proc.kill()
@@ -620,10 +619,10 @@ def format_table(result: dict) -> str:
                   f"{tr['frames']} frames, {tr['tokens']} tokens, dropout {tr['config']['dropout']}, "
                   f"{tr['rounds']} rounds", head]
         for n in TRAIN:
-            if n in tr["step_s"] and (tr["step_s"][n] is not None or n in tr["errors"]):
-                w = tr["warm_up"].get(n, {})
-                warm = {"flax": f"compile {w.get('compile_s', 0):.1f} s",
-                        "torch_compile": f"first step {w.get('first_step_s', 0):.1f} s"}.get(n, "")
+            if tr["step_s"][n] is not None or n in tr["errors"]:
+                w = tr["warm_up"].get(n)
+                warm = "" if not w else f"compile {w['compile_s']:.1f} s" if n == "flax" else \
+                    f"first step {w['first_step_s']:.1f} s"
                 per_s = tr[f"{n}_samples_per_s"]
                 row(n, tr["step_s"][n], "" if per_s is None else f"{per_s:.2f} samples/s", warm)
         if tr["flax_gflops_per_s"] is not None:
@@ -641,8 +640,7 @@ def format_table(result: dict) -> str:
             if tx[f"{n}_s"] is not None or n in tx["errors"]:
                 speed = _ratio(tx[f"{n}_s"], tx["ours_s"]) if n != "ours" else None
                 vs = "" if speed is None else f"ours {speed:.2f}x faster"
-                row(n, tx[f"{n}_s"], vs, f"first {tx['warm_up'].get(n, {}).get('first_s', 0):.1f} s"
-                    if n in tx["warm_up"] else "")
+                row(n, tx[f"{n}_s"], vs, f"first {tx['warm_up'][n]['first_s']:.1f} s" if n in tx["warm_up"] else "")
         lines.append(f"same text as ours: openai-whisper {tx['same_text']}, faster-whisper fp32 "
                      f"{tx['same_text_faster_whisper_fp32']}, int8 {tx['same_text_faster_whisper_int8']}")
         lines.append("")

@@ -96,12 +96,12 @@ def test_memory_machine_targets_and_table(run):
 
 
 def test_failed_contender_is_recorded(tmp_path, capsys):
-    """A worker that fails to load leaves an error in the JSON and a line in the table, not a crash."""
+    """A worker that fails to load leaves an error in the JSON, a line in the table and exit code 1, not a crash."""
     pytest.importorskip("faster_whisper")
     out = tmp_path / "b.json"
     code = _cli().main(["--json", str(out), "--only", "transcribe", "--contenders", "faster_whisper_int8",
                         "--model-path", str(tmp_path), "--seconds", "1"])  # a directory, no model
-    assert code == 0
+    assert code == 1
     tx = json.loads(out.read_text())["transcribe"]
     assert "faster_whisper_int8" in tx["errors"] and tx["faster_whisper_int8_s"] is None
     assert tx["same_text"] is None
