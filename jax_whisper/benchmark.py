@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.data import HOP_LENGTH
+from jax_whisper.datasets import SAMPLE_RATE, read_audio_file
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160
 TRAIN = ("flax", "torch", "torch_compile")
 TRANSCRIBE = ("ours", "openai_whisper", "faster_whisper_fp32", "faster_whisper_int8")
 DEFAULT_SPEECH = os.environ.get("SPEECH_EVAL", str(Path(__file__).resolve().parents[2] / "shared" / "speech_eval"))
-# The decoding settings every transcriber gets (those tests/test_transcribe.py compares across libraries): greedy,
-# English, no temperature fallback, no previous-text prompt, segment timestamps but no word timestamps.
+# Decoding settings every transcriber gets, with language="en" (those tests/test_transcribe.py compares across
+# libraries): greedy, no temperature fallback, no previous-text prompt; segment timestamps, no word timestamps.
 GREEDY = dict(temperature=0.0, condition_on_previous_text=False)
 TOTAL_STEPS = 10_000  # the LR schedule's length; it only sets the learning rate, not the cost of a step
 
@@ -124,8 +124,6 @@ def speech_audio(seconds: float, speech_dir: str | os.PathLike) -> tuple[np.ndar
     manifest = Path(speech_dir) / "manifest.jsonl"
     parts, names, total = [], [], 0
     if manifest.is_file():
-        from jax_whisper.datasets import read_audio_file
-
         source = f"LibriSpeech utterances from {speech_dir}"
         rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
         for r in rows:
