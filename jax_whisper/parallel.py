@@ -62,7 +62,7 @@ def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
     if fsdp > 1:
         for d in sorted(range(len(shape)), key=lambda d: -shape[d]):  # largest first; ties: the earlier axis
             if shape[d] % fsdp == 0:
-                return P(*(("fsdp" if i == d else None) for i in range(len(shape))))
+                return P(*[None] * d, "fsdp")  # no trailing Nones: the form jit hands back
     return P()
 
 
@@ -102,19 +102,6 @@ def constrain(*objs) -> None:
         nnx.update(obj, jax.lax.with_sharding_constraint(state, specs))
 
 
-def batch_shards() -> int:
-    """Inside ``jit``: how many devices share the batch's rows (1 without a mesh in context)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return 1 if mesh.empty else mesh.size
-
-
-def micro_batch(x, k: int, n: int):
-    """Micro-batch ``k`` of ``n`` of a batch-sharded array: the ``k``-th part of every device's own rows, so no rows
-    move between devices (a contiguous slice would sit on ``1/n`` of them). Without a mesh: rows ``k*B/n...``."""
-    shards = batch_shards()
-    return x.reshape(shards, n, -1, *x.shape[1:])[:, k].reshape(-1, *x.shape[1:])
-
-
 def global_array(mesh: Mesh, local) -> jax.Array:
     """A batch-sharded array over the whole mesh from this process's rows: the global array holds every process's
     rows (process order), each device its own slice."""
@@ -142,6 +129,5 @@ def process_sum(counts) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
 
 
-__all__ = ["AXES", "batch_shards", "batch_sharding", "constrain", "global_array", "global_batch",
-           "initialize_distributed", "local_rows", "make_mesh", "micro_batch", "param_spec", "process_sum", "shard",
-           "state_shardings"]
+__all__ = ["AXES", "batch_sharding", "constrain", "global_array", "global_batch", "initialize_distributed",
+           "local_rows", "make_mesh", "param_spec", "process_sum", "shard", "state_shardings"]

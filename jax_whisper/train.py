@@ -180,9 +180,9 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
 def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels: int, label_smoothing: float,
                 ctc_weight: float, grad_accum: int):
     n_tok, n_chr = _counts(batch)  # over the global batch, so a sharded step equals the single-device one
-    rows, shards = batch["tokens"].shape[0], parallel.batch_shards()
-    if rows % (grad_accum * shards):
-        raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches on {shards} devices")
+    rows = batch["tokens"].shape[0]
+    if rows % grad_accum:
+        raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
 
     def loss_fn(m, micro):
         parts = batch_losses(m, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
@@ -193,7 +193,9 @@ def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels
 
     grads, totals = None, None
     for k in range(grad_accum):  # micro-batches share the batch's normalisers, so the sum is the full-batch loss
-        micro = {key: parallel.micro_batch(v, k, grad_accum) for key, v in batch.items()}
+        # rows k, k + grad_accum, ...: every device's own rows split evenly, so on a mesh no row moves between
+        # devices (a contiguous slice would sit on a fraction of them), and the split is the same on any mesh
+        micro = {key: v.reshape(-1, grad_accum, *v.shape[1:])[:, k] for key, v in batch.items()}
         (loss, parts), g = nnx.value_and_grad(loss_fn, has_aux=True)(tm, micro)
         parts = {"loss": loss, **parts}
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)

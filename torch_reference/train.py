@@ -166,11 +166,10 @@ def train_step(tm: TrainModel, optimizer: torch.optim.Optimizer, scheduler, batc
     rows = batch["tokens"].shape[0]
     if rows % grad_accum:
         raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
-    size = rows // grad_accum
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "ce": 0.0, "ctc": 0.0, "correct": 0.0}
     for k in range(grad_accum):
-        micro = {key: v[k * size:(k + 1) * size] for key, v in batch.items() if torch.is_tensor(v)}
+        micro = {key: v[k::grad_accum] for key, v in batch.items() if torch.is_tensor(v)}  # as the Flax step
         parts = batch_losses(tm, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
         loss = parts["ce"] / n_tok
         if ctc_weight:  # (1 - w) * attention + w * CTC, each a per-token / per-character mean over the batch
