@@ -401,8 +401,9 @@ class FlaxBackend:
         self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
         return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
                 + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
-                + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()} ({jax.process_count()} processes, "
-                  f"mesh data {self.mesh.shape['data']} x fsdp {self.mesh.shape['fsdp']})")
+                + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()} in {jax.process_count()} process"
+                + "es" * (jax.process_count() > 1) + f", mesh data {self.mesh.shape['data']} x fsdp "
+                f"{self.mesh.shape['fsdp']}")
 
     def latest_step(self) -> int | None:
         return self.ckpt.last.latest_step()
