@@ -374,6 +374,9 @@ class TorchBackend:
     """The PyTorch side of :func:`jax_whisper.loop.fit`: model, optimizer, step, checkpoints, evaluation."""
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
+        if tc.fsdp != 1 or tc.distributed or tc.coordinator:
+            raise ValueError("the PyTorch reference trains in one process on one device: --fsdp, --distributed and "
+                             "--coordinator are for the Flax trainer")
         self.tc, self.cfg, self.total_steps = tc, cfg, total_steps
         self.tm = init_model(tc, cfg)
         self.optimizer, self.scheduler = make_optimizer(
