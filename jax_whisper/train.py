@@ -315,36 +315,31 @@ def _replace_pure(state, module, pure) -> None:
 # ==========================================================================================================
 
 
-def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
-                  num_threads: int = 2, mesh: jax.sharding.Mesh | None = None) -> dict:
+def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, mesh: jax.sharding.Mesh,
+                  scoring: str = "whisper", num_threads: int = 2) -> dict:
     """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER, and with
     a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC): which half of the model lags behind.
 
-    With ``mesh`` every batch is a global array over it, built from each process's rows of ``plan`` (its
-    ``shard_index``): the losses are sums over the whole batch, each process transcribes and scores its own rows,
-    and the edit counts are summed over processes, so every process returns the metrics of the whole plan
-    (``examples`` are this process's first rows)."""
+    Every batch is a global array over ``mesh``, built from each process's rows of ``plan`` (its ``shard_index``):
+    the losses are sums over the whole batch, each process transcribes and scores its own rows, and the edit
+    counts are summed over processes, so every process returns the metrics of the whole plan (``examples`` are
+    this process's first rows)."""
     from jax_whisper.evaluate import transcribe_batches
 
-    if mesh is None:
-        put, rows_of, to_mesh = device_batch, np.asarray, jnp.asarray
-    else:
-        put = lambda b: parallel.global_batch(mesh, {k: b[k] for k in ARRAY_KEYS})
-        rows_of, to_mesh = parallel.local_rows, partial(parallel.global_array, mesh)
     tm.eval()
     batches = list(iterate_eval(plan, num_threads=num_threads))
     ce = correct = tokens = 0.0
     ctc_refs, ctc_hyps = [], []
     for b in batches:
-        m = eval_step(tm, put(b), n_mels=cfg.n_mels)
+        m = eval_step(tm, parallel.global_batch(mesh, {k: b[k] for k in ARRAY_KEYS}), n_mels=cfg.n_mels)
         ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
         if "ctc_path" in m:
-            path, frames = rows_of(m["ctc_path"]), rows_of(m["ctc_frames"])
+            path, frames = parallel.local_rows(m["ctc_path"]), parallel.local_rows(m["ctc_frames"])
             keep = np.flatnonzero(b["valid"])
             ctc_refs += [b["text"][r] for r in keep]
             ctc_hyps += [ctc_decode(path[r, : frames[r]]) for r in keep]
-    log_mel = lambda audio: log_mel_spectrogram(to_mesh(audio), n_mels=cfg.n_mels)
-    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches, log_mel=log_mel, to_host=rows_of)
+    log_mel = lambda audio: log_mel_spectrogram(parallel.global_array(mesh, audio), n_mels=cfg.n_mels)
+    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches, log_mel=log_mel, to_host=parallel.local_rows)
     wer = _process_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring)
     tm.train()
     out = {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
@@ -426,7 +421,7 @@ class FlaxBackend:
         return float(self.schedule(step))
 
     def evaluate(self, plan: Plan, tokenizer, scoring: str) -> dict:
-        return evaluate_plan(self.tm, self.cfg, tokenizer, plan, scoring=scoring, mesh=self.mesh)
+        return evaluate_plan(self.tm, self.cfg, tokenizer, plan, mesh=self.mesh, scoring=scoring)
 
     def close(self) -> None:
         self.ckpt.close()

@@ -25,11 +25,12 @@ TINY = "n_audio_state=64,n_text_state=64,n_audio_head=2,n_text_head=2,n_audio_la
 CORPUS = dict(n_train=40, n_val=8, n_test=8)
 STEPS = 3
 # Relative bounds after STEPS AdamW steps: the loss and each parameter tensor's L2 error 1e-5; max-abs per tensor
-# 1e-4, because the layouts sum in different orders (float32 rounding, ~1e-7 of the gradient) and Adam's first
-# updates, lr * g / (|g| + eps), magnify that in components whose gradient is near eps (measured 5e-5 in the
-# token embedding, whose rows for tokens not in the batch get gradients ~1e-6; plain SGD: 6e-7). The token loss
-# only: CTC's gradient carries ~1e-5 of float32 noise by itself (tests/test_train.py ACCUM_NOISE).
-LOSS, L2, MAX_ABS = 1e-5, 1e-5, 1e-4
+# 2e-4, because the layouts sum in different orders (float32 rounding, ~1e-7 of the gradient) and Adam's early
+# updates, lr * g / (|g| + eps), magnify that in components whose gradient is near eps: the token embedding's rows
+# for tokens not in the batch get gradients ~1e-6 (measured 2.9e-5 to 5.4e-5 there over seeds and runs; one plain
+# SGD step: 5.6e-7). Token loss only: CTC's gradient carries ~1e-5 of float32 noise by itself
+# (tests/test_train.py ACCUM_NOISE).
+LOSS, L2, MAX_ABS = 1e-5, 1e-5, 2e-4
 
 
 def _seed() -> int:
@@ -244,7 +245,8 @@ def _gloo_available() -> bool:
 @pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
 def test_two_processes_train_like_one(cache_dir, tmp_path):
     """Two processes x 2 CPU devices (mesh data=2 x fsdp=2, each process feeding half of every batch) run the CLI
-    for 4 steps with two validations and the test; one process with 4 devices runs the same at the same time."""
+    for 4 steps (a CTC-only step, then the token loss) with two validations and the test; one process with 4
+    devices runs the same at the same time."""
     from flax import nnx
 
     from jax_whisper.convert import load_checkpoint, training_checkpoint
@@ -252,7 +254,7 @@ def test_two_processes_train_like_one(cache_dir, tmp_path):
     seed = _seed()
     flags = ["--model", TINY, "--cache-dir", str(cache_dir), "--n-train", "40", "--n-val", "8", "--n-test", "8",
              "--batch-size", "8", "--buckets", "1", "--max-steps", "4", "--warmup-steps", "2", "--max-lr", "5e-3",
-             "--dropout", "0.1", "--ctc-only-steps", "0", "--ctc-weight", "0", "--label-smoothing", "0.1",
+             "--dropout", "0.1", "--ctc-only-steps", "1", "--ctc-weight", "0", "--label-smoothing", "0.1",
              "--eval-every", "2", "--eval-batch-size", "8", "--log-every", "1", "--progress", "false",
              "--tensorboard", "false", "--seed", str(seed), "--fsdp", "2"]
     coordinator = f"127.0.0.1:{_free_port()}"
@@ -297,7 +299,7 @@ def test_two_processes_train_like_one(cache_dir, tmp_path):
     assert np.allclose(losses["multi"], losses["single"], rtol=LOSS, atol=0), f"seed {seed}: {losses}"
     assert worst_l2[1] <= L2 and worst_max[1] <= MAX_ABS, f"seed {seed}: {worst_l2}, {worst_max}"
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in runs}
-    for key in ("test_utterances", "test_wer", "val_wer", "best_step"):
+    for key in ("test_utterances", "test_wer", "val_wer", "test_ctc_wer", "best_step"):
         assert results["multi"][key] == results["single"][key], (key, results)
     assert results["multi"]["test_utterances"] == CORPUS["n_test"]  # each utterance counted once
     assert [h["val_wer"] for h in results["multi"]["history"]] == [h["val_wer"] for h in results["single"]["history"]]
