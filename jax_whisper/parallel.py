@@ -43,13 +43,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     return True
 
 
-def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
-    """A ``(data, fsdp)`` mesh over ``devices`` (default: every device of every process), ``fsdp`` devices per
-    parameter group and the rest data-parallel. Auto axes: ``jit`` propagates shardings (GSPMD)."""
-    devices = jax.devices() if devices is None else list(devices)
-    if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"fsdp={fsdp} does not divide the {len(devices)} devices")
-    return jax.make_mesh((len(devices) // fsdp, fsdp), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+def make_mesh(fsdp: int = 1) -> Mesh:
+    """A ``(data, fsdp)`` mesh over every device of every process: groups of ``fsdp`` devices share each
+    parameter, the groups are data-parallel. Auto axes: ``jit`` propagates shardings (GSPMD)."""
+    n = jax.device_count()
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"fsdp={fsdp} does not divide the {n} devices")
+    return jax.make_mesh((n // fsdp, fsdp), AXES, axis_types=(AxisType.Auto,) * 2)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -104,7 +104,7 @@ def constrain(*objs) -> None:
 
 def global_array(mesh: Mesh, local) -> jax.Array:
     """A batch-sharded array over the whole mesh from this process's rows: the global array holds every process's
-    rows (process order), each device its own slice."""
+    rows, each device a slice of its own process's."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(local))
 
 
