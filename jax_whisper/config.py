@@ -182,6 +182,16 @@ class TrainConfig:
     ctc_only_steps: int = field(default=500, metadata={"help": "first N steps train the encoder with the CTC loss "
                                                      "alone (the decoder is not run)"})
     seed: int = 0
+    # devices and processes (jax_whisper.parallel)
+    fsdp: int = field(default=1, metadata={"help": "devices that split each parameter and its optimizer state "
+                                                   "(FSDP); the batch is split over all devices"})
+    distributed: bool = field(default=False, metadata={"help": "join a multi-process run (jax.distributed."
+                                                              "initialize; TPU pods, SLURM, Open MPI need nothing "
+                                                              "else)"})
+    coordinator: str | None = field(default=None, metadata={"help": "HOST:PORT of process 0 (implies "
+                                                                    "--distributed)"})
+    num_processes: int | None = field(default=None, metadata={"help": "processes in the run (with --coordinator)"})
+    process_id: int | None = field(default=None, metadata={"help": "this process, 0..num_processes-1"})
     # evaluation, logging, checkpoints
     eval_every: int = field(default=375, metadata={"help": "also validate every N steps (0: once per epoch)"})
     eval_batch_size: int = 64

@@ -354,7 +354,9 @@ def _load_flax(path: Path, dtype, *, cfg: WhisperConfig | None = None, state: st
     cfg = cfg or WhisperConfig.from_json((path / "config.json").read_text())
     abstract = nnx.eval_shape(lambda: Whisper(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, weights, rest = nnx.split(abstract, (nnx.Param, Buffer), ...)
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(weights))
+    # whole on one device, however the writer had it laid out (a sharded training run's checkpoint included)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), nnx.to_pure_dict(weights))
     with ocp.StandardCheckpointer() as ckptr:
         try:
             restored = ckptr.restore((path / state).absolute(), target)

@@ -72,7 +72,8 @@ def decode_texts(tokenizer: Tokenizer, tokens: Array | np.ndarray) -> list[str]:
 
 def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokenizer,
                        batches: Iterable[Mapping[str, Any]], *, max_tokens: int | None = None,
-                       log_mel: Callable[[np.ndarray], Array] | None = None) -> list[dict[str, str]]:
+                       log_mel: Callable[[np.ndarray], Array] | None = None,
+                       to_host: Callable[[Array], np.ndarray] = np.asarray) -> list[dict[str, str]]:
     """Greedy transcripts of the data pipeline's batches: ``[{"id", "reference", "hypothesis"}]`` for the rows
     with ``valid`` True, in batch order. The model must be in eval mode.
 
@@ -84,9 +85,10 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
     ``S // 160`` frames, and if that is odd the last frame is dropped (the conv stem has stride 2; dropping,
     not padding, like the frontend's own trailing frame). OpenAI checkpoints were trained on 30 s windows
     only: for them pass e.g. ``log_mel=lambda a: log_mel_spectrogram(a, 80, padding=480000 - a.shape[-1])``.
-    Decoding prompts with ``tokenizer.sot_sequence_including_notimestamps`` and suppresses every special
-    token but ``eot``; ``max_tokens`` defaults to all the text context can hold. Each distinct ``(B, S)``
-    compiles once.
+    ``to_host`` brings the decoded tokens back as this batch's rows (for a batch sharded over several processes,
+    :func:`jax_whisper.parallel.local_rows`). Decoding prompts with
+    ``tokenizer.sot_sequence_including_notimestamps`` and suppresses every special token but ``eot``;
+    ``max_tokens`` defaults to all the text context can hold. Each distinct ``(B, S)`` compiles once.
     """
     if log_mel is None:
         from jax_whisper.audio import log_mel_spectrogram
@@ -111,7 +113,7 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
                              f"{len(ids)} ids")
         mel = log_mel(audio)
         mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
-        tokens = greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress)
+        tokens = to_host(greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress))
         hypotheses = decode_texts(tokenizer, tokens)
         results += [{"id": ids[r], "reference": texts[r], "hypothesis": hypotheses[r]}
                     for r in range(n) if valid[r]]

@@ -36,7 +36,9 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
 
     ``stop_after`` ends the loop early at that step (after its checkpoint), as an interruption would; tests use it.
-    The last line logged is ``test WER: X.X%``.
+    The last line logged is ``test WER: X.X%``. In a run of ``shard_count`` processes this is process
+    ``shard_index``: it loads only its rows of every batch, and only process 0 writes the run's files (config,
+    metrics, results); the backend's checkpoints are written by all of them together.
     """
     t0 = time.time()
     out = Path(tc.output_dir)
@@ -45,6 +47,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     tokenizer = get_tokenizer(cfg)
     scoring = scoring_for(tc.dataset)
     shard = dict(shard_index=shard_index, shard_count=shard_count)
+    lead = shard_index == 0
 
     sources = open_splits(tc, cfg)
     for split, src in sources.items():
@@ -70,9 +73,11 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
         log(f"resumed from {out / 'checkpoints'} at step {start}")
     elif tc.resume:
         log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
-    (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
-                                                indent=2))
-    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None)
+    if lead:
+        (out / "config.json").write_text(json.dumps({"model": json.loads(cfg.to_json()), "train": tc.to_dict()},
+                                                    indent=2))
+    metrics = MetricsLog(out, tensorboard=tc.tensorboard, resume_step=start if data_state is not None else None,
+                         enabled=lead)
     it = make_iterator(train_dataset(plan, total_steps), num_workers=tc.num_workers)
     if data_state is not None:
         it.set_state(data_state)
@@ -90,7 +95,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
                 "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
 
     bar = None
-    if tc.progress:
+    if tc.progress and lead:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
@@ -125,7 +130,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
                 say(f"step {step}: loss {m['loss']} / grad norm {m['grad_norm']} is not finite; stopping. "
                     f"The last good checkpoint is kept in {out / 'checkpoints'}.")
                 break
-            window.append((time.time() - t_step, len(batch["id"])))
+            window.append((time.time() - t_step, len(batch["id"]) * shard_count))  # global rows
             if step % tc.log_every == 0 or step == total_steps:
                 secs = sum(w[0] for w in window)
                 rate = {"samples_per_s": sum(w[1] for w in window) / max(secs, 1e-9),
@@ -165,7 +170,8 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
                        **({"test_ctc_wer": r["ctc_wer"]} if "ctc_wer" in r else {}))
     backend.close()
     metrics.close()
-    write_json_atomic(out / "results.json", results)
+    if lead:
+        write_json_atomic(out / "results.json", results)
     if status == "completed":
         log(f"results: {out / 'results.json'}")
         log(f"test WER: {results['test_wer']:.1f}%")

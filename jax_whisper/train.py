@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from jax import Array
 
+from jax_whisper import parallel
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
@@ -178,11 +179,10 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
 
 def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels: int, label_smoothing: float,
                 ctc_weight: float, grad_accum: int):
-    n_tok, n_chr = _counts(batch)
+    n_tok, n_chr = _counts(batch)  # over the global batch, so a sharded step equals the single-device one
     rows = batch["tokens"].shape[0]
     if rows % grad_accum:
         raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
-    size = rows // grad_accum
 
     def loss_fn(m, micro):
         parts = batch_losses(m, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
@@ -193,19 +193,24 @@ def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels
 
     grads, totals = None, None
     for k in range(grad_accum):  # micro-batches share the batch's normalisers, so the sum is the full-batch loss
-        micro = {key: v[k * size:(k + 1) * size] for key, v in batch.items()}
+        # rows k, k + grad_accum, ...: every device's own rows split evenly, so on a mesh no row moves between
+        # devices (a contiguous slice would sit on a fraction of them), and the split is the same on any mesh
+        micro = {key: v.reshape(-1, grad_accum, *v.shape[1:])[:, k] for key, v in batch.items()}
         (loss, parts), g = nnx.value_and_grad(loss_fn, has_aux=True)(tm, micro)
         parts = {"loss": loss, **parts}
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         totals = parts if totals is None else jax.tree.map(jnp.add, totals, parts)
     grad_norm = optax.global_norm(grads)
     optimizer.update(tm, grads)
+    parallel.constrain(tm, optimizer)
     return {"loss": totals["loss"], "ce": totals["ce"] / n_tok, "ctc": totals["ctc"] / n_chr,
             "accuracy": totals["correct"] / n_tok, "grad_norm": grad_norm, "tokens": n_tok}
 
 
 train_step = nnx.jit(_train_step, static_argnames=("n_mels", "label_smoothing", "ctc_weight", "grad_accum"))
 train_step.__doc__ = """One optimizer step (jitted). ``batch``: the array part of a :mod:`jax_whisper.data` batch.
+Under ``jax.set_mesh(mesh)`` with state and batch placed by :mod:`jax_whisper.parallel`, the step runs sharded
+and the new state keeps its layout.
 
 Returns metrics: ``loss`` (the optimised objective), ``ce`` (token cross-entropy per token), ``ctc`` (per
 character), ``accuracy`` (next-token argmax), ``grad_norm`` (before clipping), ``tokens``."""
@@ -280,7 +285,8 @@ class Checkpoints:
     def restore(self, manager, step: int, tm: TrainModel, optimizer: nnx.Optimizer) -> dict:
         """Load checkpoint ``step`` into ``tm`` and ``optimizer`` in place; returns its ``meta``."""
         trees = self._trees(tm, optimizer)
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), trees)
+        # restored straight into the live layout: every process reads only its own shards
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trees)
         args = {k: self.ocp.args.StandardRestore(v) for k, v in target.items()}
         out = manager.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore(), **args))
         _replace_pure(nnx.state(tm.whisper, (nnx.Param, Buffer)), tm.whisper, out["params"])
@@ -309,32 +315,48 @@ def _replace_pure(state, module, pure) -> None:
 # ==========================================================================================================
 
 
-def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, scoring: str = "whisper",
-                  num_threads: int = 2) -> dict:
+def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, mesh: jax.sharding.Mesh,
+                  scoring: str = "whisper", num_threads: int = 2) -> dict:
     """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER, and with
-    a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC): which half of the model lags behind."""
+    a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC): which half of the model lags behind.
+
+    Every batch is a global array over ``mesh``, built from each process's rows of ``plan`` (its ``shard_index``):
+    the losses are sums over the whole batch, each process transcribes and scores its own rows, and the edit
+    counts are summed over processes, so every process returns the metrics of the whole plan (``examples`` are
+    this process's first rows)."""
     from jax_whisper.evaluate import transcribe_batches
-    from jax_whisper.scoring import word_error_rate
 
     tm.eval()
     batches = list(iterate_eval(plan, num_threads=num_threads))
     ce = correct = tokens = 0.0
     ctc_refs, ctc_hyps = [], []
     for b in batches:
-        m = jax.device_get(eval_step(tm, device_batch(b), n_mels=cfg.n_mels))
+        m = eval_step(tm, parallel.global_batch(mesh, {k: b[k] for k in ARRAY_KEYS}), n_mels=cfg.n_mels)
         ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
         if "ctc_path" in m:
+            path, frames = parallel.local_rows(m["ctc_path"]), parallel.local_rows(m["ctc_frames"])
             keep = np.flatnonzero(b["valid"])
             ctc_refs += [b["text"][r] for r in keep]
-            ctc_hyps += [ctc_decode(m["ctc_path"][r, : m["ctc_frames"][r]]) for r in keep]
-    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches)
-    wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
+            ctc_hyps += [ctc_decode(path[r, : frames[r]]) for r in keep]
+    log_mel = lambda audio: log_mel_spectrogram(parallel.global_array(mesh, audio), n_mels=cfg.n_mels)
+    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches, log_mel=log_mel, to_host=parallel.local_rows)
+    wer = _process_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring)
     tm.train()
     out = {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
-    if ctc_refs:
-        out["ctc_wer"] = word_error_rate(ctc_refs, ctc_hyps, scoring=scoring)["wer"]
+    if tm.ctc is not None:  # the same on every process: _process_wer is collective
+        out["ctc_wer"] = _process_wer(ctc_refs, ctc_hyps, scoring)["wer"]
     return out
+
+
+def _process_wer(refs: list[str], hyps: list[str], scoring: str) -> dict:
+    """Corpus WER over the rows of every process: each scores its own, the counts add up."""
+    from jax_whisper.scoring import word_error_rate
+
+    keys = ("errors", "words", "n")
+    counts = dict(zip(keys, parallel.process_sum([word_error_rate(refs, hyps, scoring=scoring)[k] for k in keys]),
+                      strict=True))
+    return {"wer": 100.0 * counts["errors"] / max(counts["words"], 1), **{k: int(v) for k, v in counts.items()}}
 
 
 # ==========================================================================================================
@@ -357,17 +379,26 @@ class FlaxBackend:
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         self.tc, self.cfg = tc, cfg
+        self.mesh = parallel.make_mesh(tc.fsdp)
+        n = self.mesh.size
+        if tc.batch_size % (n * tc.grad_accum) or tc.eval_batch_size % n:
+            raise ValueError(f"batch_size {tc.batch_size} (in {tc.grad_accum} micro-batches) and eval_batch_size "
+                             f"{tc.eval_batch_size} must split evenly over the {n} devices")
         self.tm = init_model(tc, cfg)
+        parallel.shard(self.mesh, self.tm)
         tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
                             weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
                             end_lr_ratio=tc.end_lr_ratio)
-        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)
+        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)  # moments created like their (sharded) params
+        parallel.shard(self.mesh, self.optimizer)
         self.schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
                                     end_lr_ratio=tc.end_lr_ratio)
         self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
         return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
                 + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
-                + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()}")
+                + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()} in {jax.process_count()} process"
+                + "es" * (jax.process_count() > 1) + f", mesh data {self.mesh.shape['data']} x fsdp "
+                f"{self.mesh.shape['fsdp']}")
 
     def latest_step(self) -> int | None:
         return self.ckpt.last.latest_step()
@@ -380,22 +411,27 @@ class FlaxBackend:
 
     def step(self, batch: dict, step: int) -> dict[str, float]:
         tc = self.tc
-        m = train_step(self.tm, self.optimizer, device_batch(batch), n_mels=self.cfg.n_mels,
-                       label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight_at(step),
-                       grad_accum=tc.grad_accum)
-        return {k: float(v) for k, v in jax.device_get(m).items()}
+        with jax.set_mesh(self.mesh):  # the step pins its new state to the mesh layout (parallel.constrain)
+            m = train_step(self.tm, self.optimizer, parallel.global_batch(self.mesh, {k: batch[k] for k in ARRAY_KEYS}),
+                           n_mels=self.cfg.n_mels, label_smoothing=tc.label_smoothing,
+                           ctc_weight=tc.ctc_weight_at(step), grad_accum=tc.grad_accum)
+        return {k: float(v) for k, v in m.items()}  # replicated scalars: every process reads its own copy
 
     def lr(self, step: int) -> float:
         return float(self.schedule(step))
 
     def evaluate(self, plan: Plan, tokenizer, scoring: str) -> dict:
-        return evaluate_plan(self.tm, self.cfg, tokenizer, plan, scoring=scoring)
+        return evaluate_plan(self.tm, self.cfg, tokenizer, plan, mesh=self.mesh, scoring=scoring)
 
     def close(self) -> None:
         self.ckpt.close()
 
 
 def train(tc: TrainConfig, *, log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
-    """Train as ``tc`` says with :func:`jax_whisper.loop.fit` (see there); returns the results dict."""
+    """Train as ``tc`` says with :func:`jax_whisper.loop.fit` (see there); returns the results dict.
+
+    With ``tc.coordinator`` / ``tc.distributed`` this process first joins the multi-process run; each process then
+    loads its own rows of every batch and the step runs over the mesh of all processes' devices."""
+    parallel.initialize_distributed(tc.coordinator, tc.num_processes, tc.process_id, auto=tc.distributed)
     return fit(tc, FlaxBackend(), log=log, stop_after=stop_after, shard_index=jax.process_index(),
                shard_count=jax.process_count())

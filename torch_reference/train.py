@@ -166,11 +166,10 @@ def train_step(tm: TrainModel, optimizer: torch.optim.Optimizer, scheduler, batc
     rows = batch["tokens"].shape[0]
     if rows % grad_accum:
         raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
-    size = rows // grad_accum
     optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "ce": 0.0, "ctc": 0.0, "correct": 0.0}
     for k in range(grad_accum):
-        micro = {key: v[k * size:(k + 1) * size] for key, v in batch.items() if torch.is_tensor(v)}
+        micro = {key: v[k::grad_accum] for key, v in batch.items() if torch.is_tensor(v)}  # as the Flax step
         parts = batch_losses(tm, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
         loss = parts["ce"] / n_tok
         if ctc_weight:  # (1 - w) * attention + w * CTC, each a per-token / per-character mean over the batch
@@ -375,6 +374,9 @@ class TorchBackend:
     """The PyTorch side of :func:`jax_whisper.loop.fit`: model, optimizer, step, checkpoints, evaluation."""
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
+        if tc.fsdp != 1 or tc.distributed or tc.coordinator:
+            raise ValueError("the PyTorch reference trains in one process on one device: --fsdp, --distributed and "
+                             "--coordinator are for the Flax trainer")
         self.tc, self.cfg, self.total_steps = tc, cfg, total_steps
         self.tm = init_model(tc, cfg)
         self.optimizer, self.scheduler = make_optimizer(
