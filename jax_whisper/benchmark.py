@@ -220,7 +220,6 @@ class FlaxTrain:
 
     def __init__(self, spec: dict):
         import jax
-        from flax import nnx
 
         from jax_whisper import train as T
         from jax_whisper.convert import num_params
@@ -228,10 +227,7 @@ class FlaxTrain:
         tc, self.T, self.jax = spec["tc"], T, jax
         cfg = tc.model_config()
         self.tm = T.init_model(tc, cfg)
-        tx = T.make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=TOTAL_STEPS,
-                              weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
-                              end_lr_ratio=tc.end_lr_ratio)
-        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)
+        self.optimizer = T.optimizer_for(self.tm, tc, TOTAL_STEPS)
         self.batch = T.device_batch(spec["batch"])
         self.kw = dict(n_mels=cfg.n_mels, label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight, grad_accum=1)
         self.params = num_params(self.tm.whisper)
@@ -268,9 +264,7 @@ class TorchTrain:
         tc, self.R = spec["tc"], R
         self.cfg, self.tc = tc.model_config(), tc
         self.tm = R.init_model(tc, self.cfg)
-        self.optimizer, self.scheduler = R.make_optimizer(
-            self.tm, max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=TOTAL_STEPS,
-            weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, end_lr_ratio=tc.end_lr_ratio)
+        self.optimizer, self.scheduler = R.optimizer_for(self.tm, tc, TOTAL_STEPS)
         self.batch = R.torch_batch(spec["batch"])
         if self.compiled:  # the step calls the model through embed_audio (encoder) and logits (decoder)
             self.tm.whisper.encoder.compile()

@@ -103,6 +103,14 @@ def make_optimizer(*, max_lr: float, warmup_steps: int, total_steps: int, weight
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
+def optimizer_for(tm: nnx.Module, tc: TrainConfig, total_steps: int) -> nnx.Optimizer:
+    """The run's optimizer over ``tm``'s parameters: :func:`make_optimizer` with ``tc``'s settings."""
+    tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                        weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
+                        end_lr_ratio=tc.end_lr_ratio)
+    return nnx.Optimizer(tm, tx, wrt=nnx.Param)
+
+
 # ==========================================================================================================
 # losses and steps
 # ==========================================================================================================
@@ -231,9 +239,11 @@ def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
     return out
 
 
-def device_batch(batch: dict) -> dict:
-    """The array part of a pipeline batch, as jax arrays."""
-    return {k: jnp.asarray(batch[k]) for k in ARRAY_KEYS}
+def device_batch(batch: dict, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """The array part of a pipeline batch, as jax arrays; with ``mesh``, global arrays over it made of every
+    process's rows (this process's ``batch`` holds its own, :func:`jax_whisper.parallel.global_batch`)."""
+    arrays = {k: batch[k] for k in ARRAY_KEYS}
+    return parallel.global_batch(mesh, arrays) if mesh is not None else {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
 # ==========================================================================================================
@@ -331,7 +341,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
     ce = correct = tokens = 0.0
     ctc_refs, ctc_hyps = [], []
     for b in batches:
-        m = eval_step(tm, parallel.global_batch(mesh, {k: b[k] for k in ARRAY_KEYS}), n_mels=cfg.n_mels)
+        m = eval_step(tm, device_batch(b, mesh), n_mels=cfg.n_mels)
         ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
         if "ctc_path" in m:
             path, frames = parallel.local_rows(m["ctc_path"]), parallel.local_rows(m["ctc_frames"])
@@ -386,10 +396,7 @@ class FlaxBackend:
                              f"{tc.eval_batch_size} must split evenly over the {n} devices")
         self.tm = init_model(tc, cfg)
         parallel.shard(self.mesh, self.tm)
-        tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
-                            weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
-                            end_lr_ratio=tc.end_lr_ratio)
-        self.optimizer = nnx.Optimizer(self.tm, tx, wrt=nnx.Param)  # moments created like their (sharded) params
+        self.optimizer = optimizer_for(self.tm, tc, total_steps)  # moments created like their (sharded) params
         parallel.shard(self.mesh, self.optimizer)
         self.schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
                                     end_lr_ratio=tc.end_lr_ratio)
@@ -412,7 +419,7 @@ class FlaxBackend:
     def step(self, batch: dict, step: int) -> dict[str, float]:
         tc = self.tc
         with jax.set_mesh(self.mesh):  # the step pins its new state to the mesh layout (parallel.constrain)
-            m = train_step(self.tm, self.optimizer, parallel.global_batch(self.mesh, {k: batch[k] for k in ARRAY_KEYS}),
+            m = train_step(self.tm, self.optimizer, device_batch(batch, self.mesh),
                            n_mels=self.cfg.n_mels, label_smoothing=tc.label_smoothing,
                            ctc_weight=tc.ctc_weight_at(step), grad_accum=tc.grad_accum)
         return {k: float(v) for k, v in m.items()}  # replicated scalars: every process reads its own copy

@@ -104,10 +104,7 @@ def _steps_worker(cache_dir: str, out: str, seed: int) -> dict:
     total = 10
 
     tm = T.init_model(tc, cfg)
-    tx = T.make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total,
-                          weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
-                          end_lr_ratio=tc.end_lr_ratio)  # as FlaxBackend.setup
-    opt = nnx.Optimizer(tm, tx, wrt=nnx.Param)
+    opt = T.optimizer_for(tm, tc, total)  # as FlaxBackend.setup
     ref_loss = [float(T.train_step(tm, opt, T.device_batch(b), n_mels=cfg.n_mels, grad_accum=tc.grad_accum,
                                    label_smoothing=tc.label_smoothing, ctc_weight=tc.ctc_weight_at(s + 1))["loss"])
                 for s, b in enumerate(batches)]

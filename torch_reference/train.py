@@ -61,6 +61,13 @@ def make_optimizer(model: nn.Module, *, max_lr: float, warmup_steps: int, total_
     return opt, sched
 
 
+def optimizer_for(tm: nn.Module, tc: TrainConfig, total_steps: int):
+    """The run's optimizer and scheduler over ``tm``: :func:`make_optimizer` with ``tc``'s settings (its
+    ``clip_norm`` is the train step's)."""
+    return make_optimizer(tm, max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
+                          weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, end_lr_ratio=tc.end_lr_ratio)
+
+
 # ==========================================================================================================
 # losses and steps
 # ==========================================================================================================
@@ -379,9 +386,7 @@ class TorchBackend:
                              "--coordinator are for the Flax trainer")
         self.tc, self.cfg, self.total_steps = tc, cfg, total_steps
         self.tm = init_model(tc, cfg)
-        self.optimizer, self.scheduler = make_optimizer(
-            self.tm, max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
-            weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, end_lr_ratio=tc.end_lr_ratio)
+        self.optimizer, self.scheduler = optimizer_for(self.tm, tc, total_steps)
         self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
         return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
                 + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
