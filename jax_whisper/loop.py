@@ -31,6 +31,12 @@ from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
 
 
+def _scores(r: dict) -> dict:
+    """The scores of an evaluation that are logged and kept: loss, token accuracy, WER, and the CTC head's WER
+    when the model has one."""
+    return {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r}
+
+
 def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_after: int | None = None,
         shard_index: int = 0, shard_count: int = 1) -> dict:
     """Run training as ``tc`` says; returns (and writes to ``<output_dir>/results.json``) the results.
@@ -107,10 +113,10 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
         t_eval, c = time.time(), clock()
         r = backend.evaluate(evals["validation"], tokenizer, scoring)
         eval_seconds += time.time() - t_eval
+        scores = _scores(r)
         history.append({"step": step, "train_minutes": c["train_seconds"] / 60, "wall_minutes": c["wall_seconds"] / 60,
-                        "val_wer": r["wer"], "val_loss": r["loss"], "val_accuracy": r["accuracy"],
-                        **({"val_ctc_wer": r["ctc_wer"]} if "ctc_wer" in r else {})})
-        metrics.write("validation", step, {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r})
+                        **{f"val_{k}": v for k, v in scores.items()}})
+        metrics.write("validation", step, scores)
         ex = r["examples"][0] if r["examples"] else {"reference": "", "hypothesis": ""}
         ctc = f" (CTC alone {r['ctc_wer']:.1f}%)" if "ctc_wer" in r else ""
         say(f"step {step}: val loss {r['loss']:.3f} acc {r['accuracy']:.3f} WER {r['wer']:.1f}%{ctc} | "
@@ -164,10 +170,10 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
             backend.restore(best["step"], best=True)
             log(f"testing the best validation checkpoint (step {best['step']}, val WER {best['wer']:.1f}%)")
         r = backend.evaluate(evals["test"], tokenizer, scoring)
-        metrics.write("test", step, {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r})
-        results.update(test_wer=r["wer"], test_loss=r["loss"], test_accuracy=r["accuracy"],
-                       test_utterances=r["utterances"], wall_minutes=clock()["wall_seconds"] / 60,
-                       **({"test_ctc_wer": r["ctc_wer"]} if "ctc_wer" in r else {}))
+        scores = _scores(r)
+        metrics.write("test", step, scores)
+        results.update({f"test_{k}": v for k, v in scores.items()}, test_utterances=r["utterances"],
+                       wall_minutes=clock()["wall_seconds"] / 60)
     backend.close()
     metrics.close()
     if lead:

@@ -254,11 +254,7 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
             codes, _ = detect_language(model, embed_audio(model, first), base)
             for (_, st), code in zip(fresh, codes, strict=True):
                 st.language, st.tokenizer = code, dataclasses.replace(base, language=code)
-        active += fresh
-        for index, st in active:
-            if st.done:  # an empty file
-                finished[index] = st.result()
-        active = [a for a in active if not a[1].done]
+        active = _retire(active + fresh, finished)  # an empty file is done before its first window
         if len(active) < batch_size and not exhausted and fresh:
             continue  # places freed by empty files: refill them before decoding
         while next_out in finished:
@@ -280,10 +276,15 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         rounds += 1
         for (_, st), w, r in zip(active, windows, results, strict=False):
             st.advance(r, w[2], settings)
-        for index, st in active:
-            if st.done:
-                finished[index] = st.result()
-        active = [a for a in active if not a[1].done]  # their places are refilled before the next round
+        active = _retire(active, finished)  # their places are refilled before the next round
+
+
+def _retire(active: list[tuple[int, _Stream]], finished: dict) -> list[tuple[int, _Stream]]:
+    """Move the results of the streams that are done into ``finished``; return the others."""
+    for index, st in active:
+        if st.done:
+            finished[index] = st.result()
+    return [a for a in active if not a[1].done]
 
 
 def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray, *, beam_size: int | None = None,
