@@ -251,16 +251,21 @@ class TextDecoder(nnx.Module):
         )
         self.ln = _LayerNorm(n_state, rngs=rngs)
 
-    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None, select: Array | None = None):
+    def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None, select: Array | None = None,
+                 project: bool = True):
         """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
 
         Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
         ``kv_cache.offset ...`` (per row if the offset is (batch,)) and the call returns ``(logits, kv_cache)``
         with the offset advanced by n_tokens. ``select`` (batch, k) int: return the logits of those token
         indices only, (batch, k, n_vocab); the vocabulary projection dominates a long prompt's cost.
+        ``project=False`` (without a cache) returns the final LayerNorm's output in the compute dtype instead of
+        the logits, for a loss that projects onto the tied embedding itself (``train.projected_cross_entropy``).
         """
         n_ctx = self.positional_embedding.shape[0]
         offset = 0 if kv_cache is None else kv_cache.offset
+        if not project and (kv_cache is not None or select is not None):
+            raise ValueError("project=False is for a forward pass without a cache or select")
         if x.ndim != 2 or x.shape[1] > n_ctx:  # a traced offset is checked by the caller's loop bound
             raise ValueError(f"tokens must be (batch, n) with n <= {n_ctx}, got {tuple(x.shape)}")
         n = x.shape[1]
@@ -287,8 +292,10 @@ class TextDecoder(nnx.Module):
                 layers.append(layer)
         if select is not None:
             x = jnp.take_along_axis(x, select[..., None], axis=1)
-        x = self.ln(x)
-        logits = (x.astype(self.dtype) @ self.token_embedding.embedding[...].astype(self.dtype).T).astype(jnp.float32)
+        x = self.ln(x).astype(self.dtype)
+        if not project:
+            return x
+        logits = (x @ self.token_embedding.embedding[...].astype(self.dtype).T).astype(jnp.float32)
         if kv_cache is None:
             return logits
         k, v, xk, xv = (list(t) for t in zip(*layers, strict=True))

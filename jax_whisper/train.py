@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax import Array
+from jax import Array, lax
 
 from jax_whisper import parallel
 from jax_whisper.audio import log_mel_spectrogram
@@ -68,6 +68,95 @@ def _token_losses_bwd(smoothing, res, g):
 
 
 _token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
+
+
+def projected_cross_entropy(x: Array, embedding: Array, targets: Array, *, label_smoothing: float = 0.0,
+                            block_rows: int = 4096) -> tuple[Array, Array, Array]:
+    """:func:`cross_entropy` of the tied vocabulary projection ``logits = x @ embedding.T`` without keeping the
+    logits: ``(sum of losses, counted tokens, argmax hits)``. ``x`` (..., n_state) is the decoder's final
+    LayerNorm output, in the compute dtype like ``embedding``; logits are float32.
+
+    Under differentiation the forward pass also computes the gradients (the loss is a scalar, so the backward
+    only scales them): per block of ``block_rows`` rows the logits are formed once, reduced, turned into
+    ``softmax - smoothed one-hot`` and multiplied out to ``dx`` and ``d embedding`` at once. Against projecting
+    and then :func:`cross_entropy`, no (tokens x vocabulary) tensor is written to memory twice or transposed
+    (measured on CPU: docs/performance.md), and memory is bounded by the block.
+    """
+    mask = targets != IGNORE_INDEX
+    x2 = x.reshape(-1, x.shape[-1])
+    t, m = jnp.where(mask, targets, 0).reshape(-1), mask.reshape(-1)
+    n = x2.shape[0]
+    if n > block_rows and n % block_rows:  # whole blocks: padded rows are masked out
+        pad = block_rows - n % block_rows
+        x2, t, m = (jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (x2, t, m))
+    loss, hits = _projected_losses(x2, embedding, t, m, float(label_smoothing), min(block_rows, n))
+    return loss, jnp.sum(mask), hits
+
+
+def _block_losses(x, embedding, targets, mask, smoothing, with_grad):
+    """Losses (and with_grad their gradient ``softmax - smoothed one-hot``) of one block of rows."""
+    logits = lax.dot_general(x, embedding, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    n_vocab = logits.shape[-1]
+    top = jnp.max(logits, axis=-1)
+    e = jnp.exp(logits - top[:, None])
+    total = jnp.sum(e, axis=-1)
+    lse = top + jnp.log(total)
+    hit = jnp.arange(n_vocab) == targets[:, None]
+    nll = lse - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    if smoothing:
+        nll = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(axis=-1))
+    loss = jnp.sum(jnp.where(mask, nll, 0.0))
+    # jnp.argmax's first-maximum rule as one min-reduction (XLA's CPU argmax is a slow variadic reduce)
+    first = jnp.min(jnp.where(logits == top[:, None], jnp.arange(n_vocab), n_vocab), axis=-1)
+    hits = jnp.sum(mask & (first == targets))
+    if not with_grad:
+        return loss, hits, None
+    d = e / total[:, None] - jnp.where(hit, 1.0 - smoothing, 0.0) - smoothing / n_vocab
+    return loss, hits, jnp.where(mask[:, None], d, 0.0).astype(x.dtype)
+
+
+def _projected(x, embedding, targets, mask, smoothing, block, with_grad):
+    def block_grads(x, d):
+        dx = lax.dot_general(d, embedding, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        de = lax.dot_general(d, x, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return dx, de
+
+    if x.shape[0] == block:
+        loss, hits, d = _block_losses(x, embedding, targets, mask, smoothing, with_grad)
+        return loss, hits, (block_grads(x, d) if with_grad else None)
+
+    def body(de, rows):
+        xb, tb, mb = rows
+        loss, hits, d = _block_losses(xb, embedding, tb, mb, smoothing, with_grad)
+        if not with_grad:
+            return de, (loss, hits, None)
+        dx, de_b = block_grads(xb, d)
+        return de + de_b, (loss, hits, dx)
+
+    split = lambda a: a.reshape(-1, block, *a.shape[1:])  # noqa: E731
+    de0 = jnp.zeros(embedding.shape, jnp.float32) if with_grad else None
+    de, (loss, hits, dx) = lax.scan(body, de0, (split(x), split(targets), split(mask)))
+    grads = (dx.reshape(x.shape[0], -1), de) if with_grad else None
+    return jnp.sum(loss), jnp.sum(hits), grads
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _projected_losses(x, embedding, targets, mask, smoothing, block):
+    loss, hits, _ = _projected(x, embedding, targets, mask, smoothing, block, with_grad=False)
+    return loss, hits
+
+
+def _projected_losses_fwd(x, embedding, targets, mask, smoothing, block):
+    loss, hits, (dx, de) = _projected(x, embedding, targets, mask, smoothing, block, with_grad=True)
+    return (loss, hits), (dx.astype(x.dtype), de.astype(embedding.dtype))
+
+
+def _projected_losses_bwd(smoothing, block, res, g):
+    dx, de = res
+    return g[0].astype(dx.dtype) * dx, g[0].astype(de.dtype) * de, None, None
+
+
+_projected_losses.defvjp(_projected_losses_fwd, _projected_losses_bwd)
 
 
 def lr_schedule(*, max_lr: float, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0):
@@ -173,10 +262,11 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
     zero = jnp.zeros((), jnp.float32)
     out = {"ce": zero, "correct": zero, "ctc": zero}
     if ctc_weight != 1.0:  # at weight 1 (the CTC-only phase) the decoder is not run at all
-        logits = tm.whisper.logits(batch["tokens"], xa)
-        targets = batch["targets"]
-        out["ce"], _ = cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        out["correct"] = jnp.sum((jnp.argmax(logits, -1) == targets) & (targets != IGNORE_INDEX))
+        decoder = tm.whisper.decoder
+        x = decoder(batch["tokens"], xa, project=False)
+        embedding = decoder.token_embedding.embedding[...].astype(x.dtype)
+        out["ce"], _, out["correct"] = projected_cross_entropy(x, embedding, batch["targets"],
+                                                               label_smoothing=label_smoothing)
     if ctc_weight:
         frames, _, ok = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"], batch["valid"])
         logit_paddings = (jnp.arange(xa.shape[1])[None, :] >= frames[:, None]).astype(jnp.float32)

@@ -250,6 +250,48 @@ def test_cross_entropy_gradient_matches_autodiff(smoothing):
     assert float(jnp.abs(g_ours[0, 5:]).max()) == 0.0  # ignored positions get no gradient
 
 
+@pytest.mark.parametrize("smoothing,block_rows", [(0.0, 4096), (0.1, 4096), (0.1, 8)])
+def test_projected_cross_entropy_matches_logits_then_loss(smoothing, block_rows):
+    """The fused projection + loss (gradients formed in the forward pass, rows in blocks) equals projecting onto the
+    embedding and autodiff of :func:`cross_entropy`: loss, argmax hits, and both gradients. ``block_rows=8`` runs
+    the blocked loop with a padded last block (21 rows)."""
+    import jax.numpy as jnp
+
+    seed = 20261201
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((3, 7, 16)).astype(np.float32))
+    emb = jnp.asarray(rng.standard_normal((50, 16)).astype(np.float32) * 0.5)
+    emb = emb.at[7].set(emb[3])  # two equal rows: tied logits, where argmax takes the first
+    targets = rng.integers(0, 50, (3, 7))
+    targets[0, 5:] = train_mod.IGNORE_INDEX
+    targets[1, :2] = 7
+    targets = jnp.asarray(targets)
+
+    def reference(x, emb):
+        logits = x @ emb.T
+        loss, count = train_mod.cross_entropy(logits, targets, label_smoothing=smoothing)
+        hits = jnp.sum((jnp.argmax(logits, -1) == targets) & (targets != train_mod.IGNORE_INDEX))
+        return 2.5 * loss, (count, hits)
+
+    def fused(x, emb):
+        loss, count, hits = train_mod.projected_cross_entropy(x, emb, targets, label_smoothing=smoothing,
+                                                              block_rows=block_rows)
+        return 2.5 * loss, (count, hits)
+
+    (ref, (n_ref, h_ref)), g_ref = jax.value_and_grad(reference, argnums=(0, 1), has_aux=True)(x, emb)
+    (ours, (n, h)), g_ours = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(x, emb)
+    assert abs(float(ours - ref)) <= 1e-6 * abs(float(ref)), f"seed {seed}: {float(ours)} vs {float(ref)}"
+    assert int(n) == int(n_ref) == 19 and int(h) == int(h_ref), f"seed {seed}"
+    for name, a, b in zip(("dx", "d embedding"), g_ours, g_ref, strict=True):
+        rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        worst = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))  # max-abs error, in units of the largest entry
+        assert rel <= 1e-6 and worst <= 1e-6, f"seed {seed}: {name} rel-L2 {rel:.2e}, max-abs {worst:.2e}"
+    assert float(jnp.abs(g_ours[0][0, 5:]).max()) == 0.0  # ignored positions get no gradient
+    value, *_ = jax.jit(lambda x, e: train_mod.projected_cross_entropy(x, e, targets, label_smoothing=smoothing,
+                                                                        block_rows=block_rows))(x, emb)
+    assert abs(2.5 * float(value) - float(ref)) <= 1e-6 * abs(float(ref))  # the undifferentiated path
+
+
 def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
     """During the first ``ctc_only_steps`` the loss is CTC alone: the decoder gets no gradient, the encoder does."""
     import optax
