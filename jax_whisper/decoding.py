@@ -22,11 +22,11 @@ for patience >= 1), and an English-only model decodes with ``language=None`` as 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -137,22 +137,74 @@ def _check_eval_mode(model: nnx.Module) -> None:
                              "before decoding (and model.train() to resume training)")
 
 
-@nnx.jit
-def _embed(model, mel: Array) -> Array:
-    return model.embed_audio(mel)
+class _Graph:
+    """A model's static half (``nnx.split``'s graphdef) as a ``jax.jit`` static argument whose hash is computed
+    once: hashing the graphdef itself costs ~2 ms a call for tiny.en."""
+
+    __slots__ = ("graphdef", "_hash")
+
+    def __init__(self, graphdef):
+        self.graphdef, self._hash = graphdef, hash(graphdef)
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, _Graph) and self._hash == other._hash and self.graphdef == other.graphdef
 
 
-def embed_audio(model, mel: Array | np.ndarray) -> Array:
+class Prepared:
+    """A model in eval mode split once into its static graph and its arrays, for the jitted decoding pieces.
+
+    Every function here taking ``model`` accepts a Prepared model or prepares the module itself. ``nnx.jit``
+    walks the whole module graph at every call (~50 ms for tiny.en, several times per 30 s window); a long
+    transcription prepares once. A snapshot: weights updated afterwards are not seen (prepare again)."""
+
+    def __init__(self, model: nnx.Module):
+        _check_eval_mode(model)
+        graphdef, self.state = nnx.split(model)
+        self.graph, self.cfg = _Graph(graphdef), model.cfg
+        self._unembed = None
+
+    @property
+    def unembed(self) -> Array:
+        """The vocabulary projection as every decoding step reads it (``TextDecoder.unembedding``), made on first
+        use: a copy of the embedding on CPU (tiny.en: 80 MB, ~37 ms), so once per Prepared, not per window."""
+        if self._unembed is None:
+            self._unembed = _unembedding(self.graph, self.state)
+        return self._unembed
+
+
+def prepare(model: nnx.Module | Prepared) -> Prepared:
+    return model if isinstance(model, Prepared) else Prepared(model)
+
+
+def _merge(graph: _Graph, state):
+    return nnx.merge(graph.graphdef, state)
+
+
+@partial(jax.jit, static_argnums=0)
+def _unembedding(graph: _Graph, state) -> Array:
+    return _merge(graph, state).decoder.unembedding()
+
+
+@partial(jax.jit, static_argnums=0)
+def _embed(graph: _Graph, state, mel: Array) -> Array:
+    return _merge(graph, state).embed_audio(mel)
+
+
+def embed_audio(model: nnx.Module | Prepared, mel: Array | np.ndarray) -> Array:
     """Encoder output (B, n_audio_ctx, n_audio_state) of a log-mel batch (B, n_mels, 2 * n_audio_ctx)."""
-    _check_eval_mode(model)
-    return _embed(model, jnp.asarray(mel, jnp.float32))
+    model = prepare(model)
+    return _embed(model.graph, model.state, jnp.asarray(mel, jnp.float32))
 
 
-@nnx.jit
-def _prefill(model, features: Array, tokens: Array, lengths: Array, sot_index: Array):
+@partial(jax.jit, static_argnums=0)
+def _prefill(graph: _Graph, state, features: Array, tokens: Array, lengths: Array, sot_index: Array):
     """Run the (B, P) right-padded prompts; returns the cache with each row's offset at its real length, the
     logits that pick the first token (at length - 1) and those at ``<|startoftranscript|>`` (no-speech)."""
     _TRACE_COUNT["prefill"] += 1
+    model = _merge(graph, state)
     cache = model.init_cache(features)
     select = jnp.stack([lengths - 1, sot_index], axis=1)
     logits, cache = model.logits(tokens, features, cache, select=select)
@@ -203,6 +255,15 @@ def _filter(logits: Array, out: Array, i: Array, bias: Array, spec: _Spec) -> Ar
     return jnp.where((ts_mass > text_max)[:, None] & ~is_ts, NEG_INF, logits)
 
 
+def _argmax(x: Array) -> Array:
+    """``jnp.argmax(x, -1)`` (the first maximum) as a max and a min-reduction: XLA's CPU argmax is a variadic
+    reduction several times slower over a 51,864-entry vocabulary (0.24 ms a decoding step). A row with a NaN
+    (a broken model) gives the last id instead of the NaN's."""
+    n = x.shape[-1]
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.minimum(jnp.min(jnp.where(x == top, jnp.arange(n), n), axis=-1), n - 1)
+
+
 def _lengths(tokens: Array, eot: int) -> Array:
     """Tokens before the first eot along the last axis (all of them if there is none)."""
     is_eot = tokens == eot
@@ -219,13 +280,14 @@ def _rank(tokens: Array, lengths: Array, scores: Array, valid: Array, length_pen
     return take(tokens), take(lengths), take(scores)
 
 
-@functools.partial(nnx.jit, static_argnames=("spec",))
-def _search(model, features: Array, cache, first_logits: Array, sot_logits: Array, lengths: Array, bias: Array,
-            temperature: Array, key: Array, spec: _Spec):
+@partial(jax.jit, static_argnums=0, static_argnames=("spec",))
+def _search(graph: _Graph, state, unembed: Array, features: Array, cache, first_logits: Array,
+            sot_logits: Array, lengths: Array, bias: Array, temperature: Array, key: Array, spec: _Spec):
     """The decoding loop for B audios (``spec.n_group`` rows each). Returns per audio the selected tokens
     (B, sample_len) padded with eot, their count, summed log-prob, the no-speech probability, and the number
     of loop steps taken."""
     _TRACE_COUNT["search"] += 1
+    model = _merge(graph, state)
     n_audio, G, S, eot = features.shape[0], spec.n_group, spec.sample_len, spec.eot
     N = n_audio * G
     # Token i (0-based) is predicted at position length + i - 1, which must exist: at most n_ctx - length + 1.
@@ -251,7 +313,7 @@ def _search(model, features: Array, cache, first_logits: Array, sot_logits: Arra
                 key, sub = jax.random.split(key)
                 token = jax.random.categorical(sub, logits / temperature, axis=-1)
             else:
-                token = jnp.argmax(logits, axis=-1)
+                token = _argmax(logits)
             lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=1)[:, 0]
             active = ~done & (i < row_limit)
             token = jnp.where(active, token, eot).astype(jnp.int32)  # finished rows are padded with eot
@@ -327,7 +389,7 @@ def _search(model, features: Array, cache, first_logits: Array, sot_logits: Arra
     def body(state):
         i, out, sum_lp, extra, cache, key = state
         prev = lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)  # the last token, fed at its position
-        logits, cache = model.logits(prev, features, cache)
+        logits, cache = model.logits(prev, features, cache, unembed=unembed)
         return select((i, out, sum_lp, extra, cache, key), logits[:, -1])
 
     steps, out, sum_lp, extra, _, _ = lax.while_loop(lambda s: running(s) & (s[0] < S), body, state)
@@ -409,19 +471,20 @@ def _text(tokenizer: Tokenizer, tokens: Sequence[int]) -> str:
                                       and t != tokenizer.eot])
 
 
-@nnx.jit
-def _language_logits(model, features: Array, sot: Array) -> Array:
-    return model.logits(jnp.broadcast_to(sot, (features.shape[0], 1)), features)[:, 0]
+@partial(jax.jit, static_argnums=0)
+def _language_logits(graph: _Graph, state, features: Array, sot: Array) -> Array:
+    return _merge(graph, state).logits(jnp.broadcast_to(sot, (features.shape[0], 1)), features)[:, 0]
 
 
 def detect_language(model, features: Array, tokenizer: Tokenizer | None = None
                     ) -> tuple[list[str], list[dict[str, float]]]:
     """Most likely language of each window from the logits after ``<|startoftranscript|>``, restricted to the
     language tokens, as openai-whisper: ``(codes, probabilities)``. ``features`` is the encoder output."""
+    model = prepare(model)
     tokenizer = tokenizer or get_tokenizer(model.cfg)
     if not tokenizer.is_multilingual:
         raise ValueError("this model has no language tokens, so it can't detect the language")
-    logits = np.asarray(_language_logits(model, features, jnp.int32(tokenizer.sot)), np.float64)
+    logits = np.asarray(_language_logits(model.graph, model.state, features, jnp.int32(tokenizer.sot)), np.float64)
     ids = np.asarray(tokenizer.all_language_tokens)
     lang = logits[:, ids]
     probs = np.exp(lang - lang.max(axis=1, keepdims=True))
@@ -441,7 +504,7 @@ def decode_features(model, features: Array, options: DecodingOptions = DecodingO
     language of None is detected on multilingual models. ``key`` is the sampling RNG (default from
     ``options.seed``). Returns one :class:`DecodingResult` per row.
     """
-    _check_eval_mode(model)
+    model = prepare(model)
     cfg = model.cfg
     n_audio = features.shape[0]
     n_ctx = cfg.n_text_ctx
@@ -492,11 +555,11 @@ def decode_features(model, features: Array, options: DecodingOptions = DecodingO
     bias[suppressed] = -np.inf
     key = jax.random.key(options.seed) if key is None else key
 
-    cache, first, at_sot = _prefill(model, features, jnp.asarray(tokens), jnp.asarray(lengths),
+    cache, first, at_sot = _prefill(model.graph, model.state, features, jnp.asarray(tokens), jnp.asarray(lengths),
                                     jnp.asarray(sot_index))
     out, n, score, no_speech, _ = jax.device_get(_search(
-        model, features, cache, first, at_sot, jnp.asarray(lengths), jnp.asarray(bias),
-        jnp.float32(options.temperature), key, spec=spec))
+        model.graph, model.state, model.unembed, features, cache, first, at_sot, jnp.asarray(lengths),
+        jnp.asarray(bias), jnp.float32(options.temperature), key, spec=spec))
 
     results = []
     for r in range(n_audio):
@@ -519,6 +582,7 @@ def decode(model, mel: Array | np.ndarray, options: DecodingOptions = DecodingOp
         options = dataclasses.replace(options, **kwargs)
     mel = jnp.asarray(mel, jnp.float32)
     single = mel.ndim == 2
+    model = prepare(model)
     results = decode_features(model, embed_audio(model, mel[None] if single else mel), options)
     return results[0] if single else results
 
@@ -527,20 +591,22 @@ def greedy_tokens(model, features: Array, prompt: Sequence[int], *, eot: int, ma
                   suppress: Iterable[int] = ()) -> tuple[Array, Array]:
     """Plain batched greedy decoding with a fixed prompt and suppressed ids, no timestamp rules: ``(tokens
     (B, max_tokens) padded with eot, loop steps)``. The training loop's evaluation uses it."""
-    _check_eval_mode(model)
+    model = prepare(model)
     n_audio, n_ctx = features.shape[0], model.cfg.n_text_ctx
     bias = np.zeros(model.cfg.n_vocab, np.float32)
     bias[list(suppress)] = -np.inf
     tokens = np.full((n_audio, _bucket(len(prompt), n_ctx)), eot, np.int32)
     tokens[:, : len(prompt)] = prompt
     lengths = jnp.full((n_audio,), len(prompt), jnp.int32)
-    cache, first, at_sot = _prefill(model, features, jnp.asarray(tokens), lengths, jnp.zeros((n_audio,), jnp.int32))
+    cache, first, at_sot = _prefill(model.graph, model.state, features, jnp.asarray(tokens), lengths,
+                                    jnp.zeros((n_audio,), jnp.int32))
     spec = _Spec(n_group=1, beam=False, sample=False, sample_len=max_tokens, max_candidates=1, length_penalty=None,
                  eot=eot, n_ctx=n_ctx)
-    out, _, _, _, steps = _search(model, features, cache, first, at_sot, lengths, jnp.asarray(bias),
-                                  jnp.float32(0.0), jax.random.key(0), spec=spec)
+    out, _, _, _, steps = _search(model.graph, model.state, model.unembed, features, cache, first, at_sot, lengths,
+                                  jnp.asarray(bias), jnp.float32(0.0), jax.random.key(0), spec=spec)
     return out, steps
 
 
-__all__ = ["DecodingOptions", "DecodingResult", "TIME_PRECISION", "compression_ratio", "decode", "decode_features",
-           "detect_language", "embed_audio", "greedy_tokens", "initial_tokens", "suppress_tokens"]
+__all__ = ["DecodingOptions", "DecodingResult", "Prepared", "TIME_PRECISION", "compression_ratio", "decode",
+           "decode_features", "detect_language", "embed_audio", "greedy_tokens", "initial_tokens", "prepare",
+           "suppress_tokens"]

@@ -23,12 +23,12 @@ from flax import nnx
 from jax import Array
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.decoding import embed_audio, greedy_tokens
+from jax_whisper.decoding import Prepared, embed_audio, greedy_tokens, prepare
 from jax_whisper.scoring import SCORINGS, scoring_for, word_error_rate
 from jax_whisper.tokenizer import Tokenizer
 
 
-def greedy_decode(model: nnx.Module, mel: Array | np.ndarray, prompt: Sequence[int], *, eot: int,
+def greedy_decode(model: nnx.Module | Prepared, mel: Array | np.ndarray, prompt: Sequence[int], *, eot: int,
                   max_tokens: int, suppress: Iterable[int] | None = None) -> Array:
     """Batched greedy (argmax) decoding with the key/value cache; returns ``(B, max_tokens)`` int32 tokens.
 
@@ -45,8 +45,8 @@ def greedy_decode(model: nnx.Module, mel: Array | np.ndarray, prompt: Sequence[i
     """
     prompt = tuple(int(t) for t in prompt)
     suppress = tuple(sorted({int(t) for t in suppress or ()}))
-    n_ctx = model.decoder.positional_embedding.shape[0]
-    n_vocab = model.decoder.token_embedding.embedding.shape[0]
+    model = prepare(model)
+    n_ctx, n_vocab = model.cfg.n_text_ctx, model.cfg.n_vocab
     if not 0 < len(prompt) <= n_ctx:
         raise ValueError(f"prompt must hold 1..{n_ctx} (n_text_ctx) tokens, got {len(prompt)}")
     if not (isinstance(max_tokens, int | np.integer) and max_tokens >= 1):
@@ -101,6 +101,7 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
         max_tokens = cfg.n_text_ctx - len(prompt) + 1
 
     results = []
+    model = prepare(model)  # split once for all batches
     for k, batch in enumerate(batches):
         audio = np.asarray(batch["audio"], np.float32)
         if audio.ndim != 2:

@@ -30,6 +30,7 @@ from jax_whisper.decoding import (
     decode_features,
     detect_language,
     embed_audio,
+    prepare,
 )
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 
@@ -251,6 +252,7 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         if fresh and not english_only and language is None:
             # openai-whisper detects the language on the first 30 s of the padded log-mel (silence, not zeros)
             first = np.stack([st.mel[:, :window] for _, st in fresh])
+            model = prepare(model)  # split once for every window's jitted calls (and only if there are any)
             codes, _ = detect_language(model, embed_audio(model, first), base)
             for (_, st), code in zip(fresh, codes, strict=True):
                 st.language, st.tokenizer = code, dataclasses.replace(base, language=code)
@@ -268,6 +270,7 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         windows = [st.window() for _, st in active]
         width = _batch_size(len(active), batch_size)
         mels = np.stack([w[0] for w in windows] + [windows[0][0]] * (width - len(windows)))
+        model = prepare(model)
         features = embed_audio(model, mels)
         prompts = [w[1] for w in windows] + [windows[0][1]] * (width - len(windows))
         langs = [st.language for _, st in active] + [active[0][1].language] * (width - len(active))

@@ -249,7 +249,8 @@ def test_per_row_offsets_match_full_forward(seed):
     padded = np.zeros((3, 8), np.int32)
     for i, r in enumerate(rows):
         padded[i, : len(r)] = r
-    cache, first, _ = decoding._prefill(jm, features, jnp.asarray(padded), jnp.asarray(lengths),
+    pm = decoding.prepare(jm)
+    cache, first, _ = decoding._prefill(pm.graph, pm.state, features, jnp.asarray(padded), jnp.asarray(lengths),
                                         jnp.zeros(3, jnp.int32))
     steps = [first]
     for j in range(follow.shape[1] - 1):
