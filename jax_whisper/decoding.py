@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def _check_eval_mode(model: nnx.Module) -> None:
 
 class _Graph:
     """A model's static half (``nnx.split``'s graphdef) as a ``jax.jit`` static argument whose hash is computed
-    once: hashing the graphdef itself costs ~2 ms a call for tiny.en."""
+    once: hashing the graphdef itself costs ~2 ms a call for tiny.en, comparing two equal ones ~3 ms."""
 
     __slots__ = ("graphdef", "_hash")
 
@@ -150,33 +151,50 @@ class _Graph:
         return self._hash
 
     def __eq__(self, other):
-        return isinstance(other, _Graph) and self._hash == other._hash and self.graphdef == other.graphdef
+        return self is other or (isinstance(other, _Graph) and self._hash == other._hash
+                                 and self.graphdef == other.graphdef)
 
 
 class Prepared:
     """A model in eval mode split once into its static graph and its arrays, for the jitted decoding pieces.
 
-    Every function here taking ``model`` accepts a Prepared model or prepares the module itself. ``nnx.jit``
-    walks the whole module graph at every call (~50 ms for tiny.en, several times per 30 s window); a long
-    transcription prepares once. A snapshot: weights updated afterwards are not seen (prepare again)."""
+    Every function here taking ``model`` accepts a Prepared model or prepares the module itself (see
+    :func:`prepare`). ``nnx.jit`` walks the whole module graph at every call (~50 ms for tiny.en, several times
+    per 30 s window). A snapshot: weights updated afterwards are not seen (prepare again)."""
 
-    def __init__(self, model: nnx.Module):
+    def __init__(self, model: nnx.Module, graphdef=None, state=None):
         _check_eval_mode(model)
-        graphdef, self.state = nnx.split(model)
-        self.graph, self.cfg = _Graph(graphdef), model.cfg
+        if graphdef is None:
+            graphdef, state = nnx.split(model)
+        self.state, self.graph, self.cfg = state, _Graph(graphdef), model.cfg
         self._unembed = None
 
     @property
     def unembed(self) -> Array:
         """The vocabulary projection as every decoding step reads it (``TextDecoder.unembedding``), made on first
-        use: a copy of the embedding on CPU (tiny.en: 80 MB, ~37 ms), so once per Prepared, not per window."""
+        use: a copy of the embedding on CPU (tiny.en: 80 MB, ~40 ms), so once per Prepared, not per window."""
         if self._unembed is None:
             self._unembed = _unembedding(self.graph, self.state)
         return self._unembed
 
 
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its last Prepared
+
+
 def prepare(model: nnx.Module | Prepared) -> Prepared:
-    return model if isinstance(model, Prepared) else Prepared(model)
+    """``model`` as a :class:`Prepared`. The last one made for a module is reused while the module still has
+    the same structure and modes and holds the very same arrays (any update replaces them: JAX arrays are
+    immutable), so calling :func:`jax_whisper.transcribe.transcribe` file after file re-splits the module but
+    keeps the transposed embedding and the compiled programs' static argument."""
+    if isinstance(model, Prepared):
+        return model
+    graphdef, state = nnx.split(model)
+    last = _PREPARED.get(model)
+    if last is not None and last.graph.graphdef == graphdef and all(
+            a is b for a, b in zip(jax.tree.leaves(last.state), jax.tree.leaves(state), strict=True)):
+        return last
+    _PREPARED[model] = prepared = Prepared(model, graphdef, state)
+    return prepared
 
 
 def _merge(graph: _Graph, state):

@@ -4,9 +4,11 @@
 runtime allocates each executable's temporary buffer afresh per call (2.7 GB for the seed train step at batch
 16); glibc serves such sizes with a fresh ``mmap`` and returns them with ``munmap``, so every step page-faults
 its whole working set in again and the kernel zeroes it: measured here, ~800k page faults and 2.5-3.7 s of
-system CPU time per seed step (7.6 s -> 6.4 s with this setting), and ~0.1 s of each tiny.en transcription.
-PyTorch's CPU allocator goes through the same malloc and gains too, so the benchmark gives every contender the
-same setting. The cost: the process keeps its peak heap for its lifetime.
+system CPU time per seed step (7.6 s -> 6.4 s with this setting). PyTorch's CPU allocator goes through the same
+malloc and gains too (its seed step 6.4 -> 4.9 s), so the benchmark gives every train contender the same
+setting. The training scripts apply it; transcription does not: its allocations are small and frequent, and one
+arena shared by all threads made a tiny.en transcription slower (1.58 vs 1.51 s median of 8, alternating
+processes). The cost: the process keeps its peak heap for its lifetime.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="CPU threads per contender (default %(default)s)")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="leave glibc's malloc as it is in every contender (default: all keep freed memory, "
-                             "jax_whisper/runtime.py)")
+                        help="leave glibc's malloc as it is in the train contenders too (default: they all keep "
+                             "freed memory, as the training scripts do: jax_whisper/runtime.py)")
     args = parser.parse_args(argv)
 
     try:

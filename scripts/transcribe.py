@@ -117,7 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jax_whisper.runtime import keep_freed_memory
-
-    keep_freed_memory()  # before JAX/PyTorch start their threads (jax_whisper/runtime.py says why)
     sys.exit(main())
