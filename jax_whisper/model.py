@@ -65,6 +65,10 @@ class KVCache:
 
 
 _gelu = partial(jax.nn.gelu, approximate=False)  # Whisper uses the exact (erf) GELU
+# Matmuls and convolutions take their inputs in the compute dtype and accumulate and return float32: with
+# bfloat16 inputs that is the fast path of bf16 hardware (AVX512-BF16 here: 327 vs 166 GFLOP/s with bf16 out).
+_Linear = partial(nnx.Linear, preferred_element_type=jnp.float32)
+_Conv = partial(nnx.Conv, preferred_element_type=jnp.float32)
 _LayerNorm = partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)  # torch's eps and variance
 
 
@@ -111,10 +115,10 @@ class MultiHeadAttention(nnx.Module):
     def __init__(self, n_state: int, n_head: int, attn_dropout: float = 0.0, *, dtype=jnp.float32,
                  rngs: nnx.Rngs):
         self.n_head = n_head
-        self.query = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
-        self.key = nnx.Linear(n_state, n_state, use_bias=False, dtype=dtype, rngs=rngs)
-        self.value = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.query = _Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.key = _Linear(n_state, n_state, use_bias=False, dtype=dtype, rngs=rngs)
+        self.value = _Linear(n_state, n_state, dtype=dtype, rngs=rngs)
+        self.out = _Linear(n_state, n_state, dtype=dtype, rngs=rngs)
         self.attn_dropout = Dropout(attn_dropout, rngs=rngs)
 
     def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0):
@@ -171,11 +175,12 @@ class MultiHeadAttention(nnx.Module):
         return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
 
     def _attend(self, q, k, v, mask):
-        qk = (q @ k).astype(jnp.float32)
+        dtype = self.query.dtype
+        qk = jnp.matmul(q.astype(dtype), k.astype(dtype), preferred_element_type=jnp.float32)
         if mask is not None:
             qk = qk + mask
-        w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(q.dtype))
-        return w @ v.astype(w.dtype)
+        w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(dtype))
+        return jnp.matmul(w, v.astype(dtype), preferred_element_type=jnp.float32)
 
 
 def _query_chunk(n: int) -> int:
@@ -212,8 +217,8 @@ class ResidualAttentionBlock(nnx.Module):
         )
         self.cross_attn_ln = _LayerNorm(n_state, rngs=rngs) if cross_attention else None
         n_mlp = n_state * 4
-        self.mlp = nnx.Sequential(nnx.Linear(n_state, n_mlp, dtype=dtype, rngs=rngs), _gelu,
-                                  nnx.Linear(n_mlp, n_state, dtype=dtype, rngs=rngs))
+        self.mlp = nnx.Sequential(_Linear(n_state, n_mlp, dtype=dtype, rngs=rngs), _gelu,
+                                  _Linear(n_mlp, n_state, dtype=dtype, rngs=rngs))
         self.mlp_ln = _LayerNorm(n_state, rngs=rngs)
         self.dropout = Dropout(dropout, rngs=rngs)
 
@@ -254,8 +259,8 @@ class AudioEncoder(nnx.Module):
     scan = True  # the blocks as one lax.scan (_scan_blocks); False unrolls them
     def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int, dropout: float = 0.0,
                  attn_dropout: float = 0.0, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(n_mels, n_state, kernel_size=3, padding=((1, 1),), dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(n_state, n_state, kernel_size=3, strides=2, padding=((1, 1),), dtype=dtype, rngs=rngs)
+        self.conv1 = _Conv(n_mels, n_state, kernel_size=3, padding=((1, 1),), dtype=dtype, rngs=rngs)
+        self.conv2 = _Conv(n_state, n_state, kernel_size=3, strides=2, padding=((1, 1),), dtype=dtype, rngs=rngs)
         self.positional_embedding = Buffer(sinusoids(n_ctx, n_state))
         self.blocks = nnx.List(
             [ResidualAttentionBlock(n_state, n_head, False, dropout, attn_dropout, dtype=dtype, rngs=rngs)
@@ -344,7 +349,7 @@ class TextDecoder(nnx.Module):
             return x
         if unembed is None:
             unembed = self.token_embedding.embedding[...].astype(self.dtype).T
-        logits = (x @ unembed).astype(jnp.float32)
+        logits = jnp.matmul(x, unembed, preferred_element_type=jnp.float32)
         if kv_cache is None:
             return logits
         k, v, xk, xv = (list(t) for t in zip(*layers, strict=True))
