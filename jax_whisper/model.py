@@ -163,7 +163,9 @@ class MultiHeadAttention(nnx.Module):
         # (dropout draws random bits, which a lax.map body cannot do with nnx's RNG streams)
         inference = self.attn_dropout.deterministic or self.attn_dropout.rate == 0
         chunk = _query_chunk(q.shape[2]) if mask is None and inference else 0
-        if chunk:  # long self-attention (the encoder's 1500 frames): row by row, queries in chunks
+        if inference and fused_attention():  # one fused kernel (cuDNN flash attention on GPU); no dropout in it
+            out = self._fused(q, k, v, mask)
+        elif chunk:  # long self-attention (the encoder's 1500 frames): row by row, queries in chunks
             def row(qkv):
                 qb, kb, vb = qkv  # (n_head, n, d_head) queries of one row against its own keys and values
                 parts = qb.reshape(qb.shape[0], -1, chunk, qb.shape[2]).transpose(1, 0, 2, 3)
@@ -174,6 +176,15 @@ class MultiHeadAttention(nnx.Module):
             out = self._attend(q, k, v, mask)
         return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
 
+    def _fused(self, q, k, v, mask):
+        """:meth:`_attend` (without dropout) as ``jax.nn.dot_product_attention`` in its (batch, n, head, d) layout;
+        ``q`` and ``k`` are already scaled."""
+        dtype = self.query.dtype
+        bias = None if mask is None else (mask if mask.ndim == 4 else mask[None, None]).astype(dtype)
+        out = jax.nn.dot_product_attention(q.transpose(0, 2, 1, 3).astype(dtype), k.transpose(0, 3, 1, 2).astype(dtype),
+                                           v.transpose(0, 2, 1, 3).astype(dtype), bias=bias, scale=1.0)
+        return out.transpose(0, 2, 1, 3).astype(jnp.float32)
+
     def _attend(self, q, k, v, mask):
         dtype = self.query.dtype
         qk = jnp.matmul(q.astype(dtype), k.astype(dtype), preferred_element_type=jnp.float32)
@@ -181,6 +192,16 @@ class MultiHeadAttention(nnx.Module):
             qk = qk + mask
         w = self.attn_dropout(jax.nn.softmax(qk, axis=-1).astype(dtype))
         return jnp.matmul(w, v.astype(dtype), preferred_element_type=jnp.float32)
+
+
+FUSED_ATTENTION: bool | None = None  # None: on accelerators; True / False forces it (tests)
+
+
+def fused_attention() -> bool:
+    """Whether attention without dropout runs as ``jax.nn.dot_product_attention``: on GPU/TPU, where it lowers to a
+    fused kernel (cuDNN's flash attention for bf16/fp16 on NVIDIA); on CPU it would be the same XLA ops as
+    :meth:`MultiHeadAttention._attend` in another layout, and the row/chunk loop keeps scores in cache."""
+    return jax.default_backend() != "cpu" if FUSED_ATTENTION is None else FUSED_ATTENTION
 
 
 def _query_chunk(n: int) -> int:
