@@ -82,7 +82,8 @@ class Dropout(nnx.Dropout):
 
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
         deterministic = self.deterministic if deterministic is None else deterministic
-        if self.rate == 0.0 or deterministic or self.rate == 1.0 or self.broadcast_dims or rngs is not None:
+        if (self.rate == 0.0 or deterministic or self.rate == 1.0 or self.broadcast_dims or rngs is not None
+                or self.rngs is None):  # nnx's own path (and its error when there is no RNG stream)
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         threshold = min(round(self.rate * 2.0**32), 2**32 - 1)  # keep when bits >= threshold
         keep = threefry_bits(self.rngs(), inputs.shape) >= np.uint32(threshold)
