@@ -218,14 +218,15 @@ def embed_audio(model: nnx.Module | Prepared, mel: Array | np.ndarray) -> Array:
 
 
 @partial(jax.jit, static_argnums=0)
-def _prefill(graph: _Graph, state, features: Array, tokens: Array, lengths: Array, sot_index: Array):
+def _prefill(graph: _Graph, state, unembed: Array, features: Array, tokens: Array, lengths: Array,
+             sot_index: Array):
     """Run the (B, P) right-padded prompts; returns the cache with each row's offset at its real length, the
     logits that pick the first token (at length - 1) and those at ``<|startoftranscript|>`` (no-speech)."""
     _TRACE_COUNT["prefill"] += 1
     model = _merge(graph, state)
     cache = model.init_cache(features)
     select = jnp.stack([lengths - 1, sot_index], axis=1)
-    logits, cache = model.logits(tokens, features, cache, select=select)
+    logits, cache = model.logits(tokens, features, cache, select=select, unembed=unembed)
     return cache.replace(offset=lengths), logits[:, 0], logits[:, 1]
 
 
@@ -573,8 +574,8 @@ def decode_features(model, features: Array, options: DecodingOptions = DecodingO
     bias[suppressed] = -np.inf
     key = jax.random.key(options.seed) if key is None else key
 
-    cache, first, at_sot = _prefill(model.graph, model.state, features, jnp.asarray(tokens), jnp.asarray(lengths),
-                                    jnp.asarray(sot_index))
+    cache, first, at_sot = _prefill(model.graph, model.state, model.unembed, features, jnp.asarray(tokens),
+                                    jnp.asarray(lengths), jnp.asarray(sot_index))
     out, n, score, no_speech, _ = jax.device_get(_search(
         model.graph, model.state, model.unembed, features, cache, first, at_sot, jnp.asarray(lengths),
         jnp.asarray(bias), jnp.float32(options.temperature), key, spec=spec))
@@ -616,7 +617,7 @@ def greedy_tokens(model, features: Array, prompt: Sequence[int], *, eot: int, ma
     tokens = np.full((n_audio, _bucket(len(prompt), n_ctx)), eot, np.int32)
     tokens[:, : len(prompt)] = prompt
     lengths = jnp.full((n_audio,), len(prompt), jnp.int32)
-    cache, first, at_sot = _prefill(model.graph, model.state, features, jnp.asarray(tokens), lengths,
+    cache, first, at_sot = _prefill(model.graph, model.state, model.unembed, features, jnp.asarray(tokens), lengths,
                                     jnp.zeros((n_audio,), jnp.int32))
     spec = _Spec(n_group=1, beam=False, sample=False, sample_len=max_tokens, max_candidates=1, length_penalty=None,
                  eot=eot, n_ctx=n_ctx)

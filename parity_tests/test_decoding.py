@@ -250,8 +250,8 @@ def test_per_row_offsets_match_full_forward(seed):
     for i, r in enumerate(rows):
         padded[i, : len(r)] = r
     pm = decoding.prepare(jm)
-    cache, first, _ = decoding._prefill(pm.graph, pm.state, features, jnp.asarray(padded), jnp.asarray(lengths),
-                                        jnp.zeros(3, jnp.int32))
+    cache, first, _ = decoding._prefill(pm.graph, pm.state, pm.unembed, features, jnp.asarray(padded),
+                                        jnp.asarray(lengths), jnp.zeros(3, jnp.int32))
     steps = [first]
     for j in range(follow.shape[1] - 1):
         logits, cache = jm.logits(jnp.asarray(follow[:, j: j + 1]), features, cache)
