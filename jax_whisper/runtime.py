@@ -9,6 +9,11 @@ malloc and gains too (its seed step 6.4 -> 4.9 s), so the benchmark gives every 
 setting. The training scripts apply it; transcription does not: its allocations are small and frequent, and one
 arena shared by all threads made a tiny.en transcription slower (1.58 vs 1.51 s median of 8, alternating
 processes). The cost: the process keeps its peak heap for its lifetime.
+
+:func:`wide_cpu_vectors` lets XLA's own CPU loops (elementwise fusions and reductions; the matmuls are library
+calls) use 512-bit vectors on CPUs with AVX-512, where XLA prefers 256-bit ones by default (some Intel parts lower
+their clock for 512-bit code). Measured on this project's 2-core AMD Zen 4: the seed train step ~5 % faster
+(faster in each of 5 alternating process pairs), transcription unchanged, so only training applies it.
 """
 
 from __future__ import annotations
@@ -38,4 +43,30 @@ def keep_freed_memory() -> bool:
     return all(mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
-__all__ = ["OPT_OUT", "keep_freed_memory"]
+VECTOR_WIDTH_FLAG = "--xla_cpu_prefer_vector_width=512"
+
+
+def wide_cpu_vectors() -> bool:
+    """Append ``--xla_cpu_prefer_vector_width=512`` to ``XLA_FLAGS`` when the CPU has AVX-512. XLA reads its flags
+    when JAX creates its first backend, so call it before any JAX computation. Does nothing when ``XLA_FLAGS``
+    already chooses a vector width, without AVX-512 (or /proc/cpuinfo), or once a JAX backend exists. Returns
+    whether it applied."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_prefer_vector_width" in flags or not _has_avx512():
+        return False
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and bridge.backends_are_initialized():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {VECTOR_WIDTH_FLAG}".strip()
+    return True
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+__all__ = ["OPT_OUT", "VECTOR_WIDTH_FLAG", "keep_freed_memory", "wide_cpu_vectors"]

@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc as it is in the train contenders too (default: they all keep "
                              "freed memory, as the training scripts do: jax_whisper/runtime.py)")
+    parser.add_argument("--xla-default-vectors", action="store_true",
+                        help="leave XLA's CPU vector width at its default in the flax train contender (default: "
+                             "512-bit on AVX-512 CPUs, as train_flax.py: jax_whisper/runtime.py)")
     args = parser.parse_args(argv)
 
     try:
@@ -53,7 +56,7 @@ def main(argv=None) -> int:
                        preset=args.preset, model=args.model, batch_size=args.batch_size, frames=args.frames,
                        tokens=args.tokens, seconds=args.seconds, speech_dir=args.speech_dir,
                        model_path=args.model_path, threads=args.threads,
-                       keep_freed_memory=not args.system_malloc)
+                       keep_freed_memory=not args.system_malloc, wide_cpu_vectors=not args.xla_default_vectors)
         result = run_benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from jax_whisper.runtime import keep_freed_memory
+    from jax_whisper.runtime import keep_freed_memory, wide_cpu_vectors
 
     keep_freed_memory()  # before JAX/PyTorch start their threads (jax_whisper/runtime.py says why)
+    wide_cpu_vectors()  # before JAX creates its CPU backend
     sys.exit(main())
