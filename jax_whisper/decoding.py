@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 from jax import Array, lax
 
+from jax_whisper.model import stack_blocks
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 
 # Seconds per timestamp token: the vocabulary's <|0.02|> step. openai-whisper derives it as 30 s / n_audio_ctx,
@@ -168,6 +169,8 @@ class Prepared:
             graphdef, state = nnx.split(model)
         self.state, self.graph, self.cfg = state, _Graph(graphdef), model.cfg
         self._unembed = None
+        self._encoder_blocks = None
+        self._scan_encoder = model.encoder.scan
 
     @property
     def unembed(self) -> Array:
@@ -176,6 +179,15 @@ class Prepared:
         if self._unembed is None:
             self._unembed = _unembedding(self.graph, self.state)
         return self._unembed
+
+    @property
+    def encoder_blocks(self):
+        """The encoder blocks' state stacked for the layer scan (``model.stack_blocks``), made on first use, or
+        None for an unrolled encoder. Stacking copies every block's weights (tiny.en 30 MB in ~13 ms here, a
+        large model's 2.5 GB on every window), so it is done once per Prepared; the copy stays with it."""
+        if self._encoder_blocks is None and self._scan_encoder:
+            self._encoder_blocks = _stack_encoder(self.graph, self.state)
+        return self._encoder_blocks
 
 
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its last Prepared
@@ -207,14 +219,19 @@ def _unembedding(graph: _Graph, state) -> Array:
 
 
 @partial(jax.jit, static_argnums=0)
-def _embed(graph: _Graph, state, mel: Array) -> Array:
-    return _merge(graph, state).embed_audio(mel)
+def _stack_encoder(graph: _Graph, state):
+    return stack_blocks(_merge(graph, state).encoder.blocks)
+
+
+@partial(jax.jit, static_argnums=0)
+def _embed(graph: _Graph, state, blocks, mel: Array) -> Array:
+    return _merge(graph, state).embed_audio(mel, blocks)
 
 
 def embed_audio(model: nnx.Module | Prepared, mel: Array | np.ndarray) -> Array:
     """Encoder output (B, n_audio_ctx, n_audio_state) of a log-mel batch (B, n_mels, 2 * n_audio_ctx)."""
     model = prepare(model)
-    return _embed(model.graph, model.state, jnp.asarray(mel, jnp.float32))
+    return _embed(model.graph, model.state, model.encoder_blocks, jnp.asarray(mel, jnp.float32))
 
 
 @partial(jax.jit, static_argnums=0)

@@ -166,13 +166,14 @@ class MultiHeadAttention(nnx.Module):
         chunk = _query_chunk(q.shape[2]) if mask is None and inference else 0
         if inference and fused_attention():  # one fused kernel (cuDNN flash attention on GPU); no dropout in it
             out = self._fused(q, k, v, mask)
-        elif chunk:  # long self-attention (the encoder's 1500 frames): row by row, queries in chunks
-            def row(qkv):
-                qb, kb, vb = qkv  # (n_head, n, d_head) queries of one row against its own keys and values
-                parts = qb.reshape(qb.shape[0], -1, chunk, qb.shape[2]).transpose(1, 0, 2, 3)
-                return lax.map(lambda qc: self._attend(qc, kb, vb, None), parts).transpose(1, 0, 2, 3)
+        elif chunk:  # long self-attention (the encoder's 1500 frames): one row and head at a time, queries in chunks
+            def head(qkv):
+                qh, kh, vh = qkv  # (n, d_head) queries of one row and head, its keys (d_head, n), values (n, d_head)
+                parts = qh.reshape(-1, chunk, qh.shape[-1])
+                return lax.map(lambda qc: self._attend(qc, kh, vh, None), parts).reshape(qh.shape)
 
-            out = lax.map(row, (q, k, v)).reshape(q.shape)
+            flat = lambda t: t.reshape((-1,) + t.shape[2:])  # noqa: E731  (batch * n_head, ...)
+            out = lax.map(head, (flat(q), flat(k), flat(v))).reshape(q.shape)
         else:
             out = self._attend(q, k, v, mask)
         return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
@@ -207,12 +208,13 @@ def fused_attention() -> bool:
 
 def _query_chunk(n: int) -> int:
     """Query chunk for attention over ``n`` positions, or 0 for none. On CPU, XLA's softmax over a
-    (batch, heads, 1500, 1500) score matrix runs from memory; one row and ~250 queries at a time keep it in
-    cache: the tiny encoder's attention runs 2.5x faster at batch 4. Only for long sequences and when a divisor
-    of ``n`` near 250 exists."""
+    (batch, heads, 1500, 1500) score matrix runs from memory; one row, one head and ~500 queries at a time keep
+    it in cache (tiny.en's 1500-frame attention layer: all heads of 250 queries at a time 40-44 ms, one head of
+    500 at a time 29-37 ms; 375 or 1500 queries are slower). Only for long sequences and when a divisor of ``n``
+    between 256 and 512 exists."""
     if n <= 512:
         return 0
-    return next((c for c in range(256, 127, -1) if n % c == 0), 0)
+    return next((c for c in range(512, 255, -1) if n % c == 0), 0)
 
 
 def _write(buf: Array, new: Array, offset: Array, axis: int) -> Array:
@@ -256,15 +258,24 @@ class ResidualAttentionBlock(nnx.Module):
         return x, None if kv_cache is None else (*self_kv, *cross_kv)
 
 
-def _scan_blocks(blocks: nnx.List, x: Array, **kw) -> Array:
+def stack_blocks(blocks: nnx.List):
+    """The state of ``blocks`` (identical structure) stacked along a new leading axis, as :func:`_scan_blocks`
+    scans it."""
+    return jax.tree.map(lambda *a: jnp.stack(a), *(nnx.state(b) for b in blocks))
+
+
+def _scan_blocks(blocks: nnx.List, x: Array, stacked=None, **kw) -> Array:
     """``x`` through ``blocks`` (identical structure, no cache) as one ``lax.scan`` over their stacked state.
 
     XLA compiles one block instead of every layer (compile time), and the loop body is a fusion boundary: unrolled,
     XLA's CPU fusion re-derives the residual stream's gradient through all later layers inside each layer's weight
     gradient. Parameters stay one module per layer (checkpoint names unchanged); each layer's dropout stream is
-    advanced as in the unrolled loop, so both give the same function and the same random masks."""
+    advanced as in the unrolled loop, so both give the same function and the same random masks. ``stacked``:
+    :func:`stack_blocks` of ``blocks`` made beforehand (inference with fixed weights), else stacked here, a copy
+    of every block's weights at each call."""
     graphdef, _ = nnx.split(blocks[0])
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(nnx.state(b) for b in blocks))
+    if stacked is None:
+        stacked = stack_blocks(blocks)
 
     def body(x, state):
         block = nnx.merge(graphdef, state)
@@ -290,8 +301,9 @@ class AudioEncoder(nnx.Module):
         )
         self.ln_post = _LayerNorm(n_state, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        """x: (batch, n_mels, n_frames) log-mel, n_frames even and at most 2 * n_ctx."""
+    def __call__(self, x: Array, stacked=None) -> Array:
+        """x: (batch, n_mels, n_frames) log-mel, n_frames even and at most 2 * n_ctx. ``stacked``: the blocks'
+        state as :func:`stack_blocks` makes it, for callers that encode many times with the same weights."""
         n_mels, n_ctx = self.conv1.in_features, self.positional_embedding.shape[0]
         if x.ndim != 3 or x.shape[1] != n_mels or x.shape[2] % 2 or not 0 < x.shape[2] <= 2 * n_ctx:
             raise ValueError(
@@ -302,8 +314,8 @@ class AudioEncoder(nnx.Module):
         x = _gelu(self.conv1(x))
         x = _gelu(self.conv2(x))
         x = x + self.positional_embedding[: x.shape[1]].astype(x.dtype)
-        if self.scan:
-            x = _scan_blocks(self.blocks, x)
+        if self.scan or stacked is not None:
+            x = _scan_blocks(self.blocks, x, stacked)
         else:
             for block in self.blocks:
                 x, _ = block(x)
@@ -407,8 +419,8 @@ class Whisper(nnx.Module):
             cfg.dropout, cfg.attn_dropout, dtype=dtype, rngs=rngs,
         )
 
-    def embed_audio(self, mel: Array) -> Array:
-        return self.encoder(mel)
+    def embed_audio(self, mel: Array, stacked=None) -> Array:
+        return self.encoder(mel, stacked)
 
     def logits(self, tokens: Array, audio_features: Array, kv_cache: KVCache | None = None,
                select: Array | None = None, unembed: Array | None = None):

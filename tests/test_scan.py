@@ -61,3 +61,28 @@ def test_scan_is_a_fusion_boundary_in_the_compiled_step():
         forward = jax.jit(lambda s, g=graphdef: nnx.merge(g, s)(mel, tok))
         loops[scan] = forward.lower(state).as_text().count("stablehlo.while")
     assert loops == {False: 0, True: 2}
+
+
+def test_decoding_encodes_with_the_blocks_stacked_once():
+    """``decoding.embed_audio`` scans the encoder over blocks stacked once per Prepared: the same output as the
+    module stacking them itself, and an unrolled encoder takes no stack."""
+    from jax_whisper import decoding
+
+    cfg = dataclasses.replace(WhisperConfig.preset("seed"), n_audio_layer=3, n_audio_state=64, n_audio_head=2,
+                              n_text_layer=1, n_text_state=64, n_text_head=2, n_vocab=300)
+    m = Whisper(cfg, rngs=nnx.Rngs(params=SEED, dropout=SEED + 1))
+    m.eval()
+    mel = jnp.asarray(np.random.default_rng(SEED).standard_normal((2, cfg.n_mels, 60), np.float32))
+    ref = m.embed_audio(mel)
+    prepared = decoding.prepare(m)
+    stacked = prepared.encoder_blocks
+    assert jax.tree.leaves(stacked)[0].shape[0] == 3
+    bound = 1e-6 * float(jnp.max(jnp.abs(ref)))  # float32 rounding: jitted vs eager
+    err = float(jnp.max(jnp.abs(decoding.embed_audio(prepared, mel) - ref)))
+    assert err <= bound, f"seed {SEED}: pre-stacked encoder differs by {err}"
+    assert prepared.encoder_blocks is stacked  # made once
+    m.encoder.scan = False
+    unrolled = decoding.prepare(m)
+    assert unrolled is not prepared and unrolled.encoder_blocks is None
+    err = float(jnp.max(jnp.abs(decoding.embed_audio(unrolled, mel) - ref)))
+    assert err <= bound, f"seed {SEED}: unrolled encoder differs by {err}"
