@@ -234,14 +234,15 @@ def embed_audio(model: nnx.Module | Prepared, mel: Array | np.ndarray) -> Array:
     return _embed(model.graph, model.state, model.encoder_blocks, jnp.asarray(mel, jnp.float32))
 
 
-@partial(jax.jit, static_argnums=0)
+@partial(jax.jit, static_argnums=0, static_argnames=("max_len",))
 def _prefill(graph: _Graph, state, unembed: Array, features: Array, tokens: Array, lengths: Array,
-             sot_index: Array):
-    """Run the (B, P) right-padded prompts; returns the cache with each row's offset at its real length, the
-    logits that pick the first token (at length - 1) and those at ``<|startoftranscript|>`` (no-speech)."""
+             sot_index: Array, max_len: int | None = None):
+    """Run the (B, P) right-padded prompts; returns the cache (``max_len`` self-attention slots, default the
+    text context) with each row's offset at its real length, the logits that pick the first token (at
+    length - 1) and those at ``<|startoftranscript|>`` (no-speech)."""
     _TRACE_COUNT["prefill"] += 1
     model = _merge(graph, state)
-    cache = model.init_cache(features)
+    cache = model.init_cache(features, max_len)
     select = jnp.stack([lengths - 1, sot_index], axis=1)
     logits, cache = model.logits(tokens, features, cache, select=select, unembed=unembed)
     return cache.replace(offset=lengths), logits[:, 0], logits[:, 1]
@@ -457,6 +458,12 @@ def _search(graph: _Graph, state, unembed: Array, features: Array, cache, first_
 # ==========================================================================================================
 
 
+def _cache_len(width: int, sample_len: int, n_ctx: int) -> int:
+    """Self-attention slots a search needs: token i (0-based) is fed at position length + i - 1 < width +
+    sample_len, and no position reaches n_ctx (``_search``'s limit)."""
+    return min(width + sample_len, n_ctx)
+
+
 def _bucket(n: int, cap: int) -> int:
     """Prompt lengths are padded to a power of two (>= 8, <= cap) so varying prompts share few compilations."""
     return min(max(8, 1 << (n - 1).bit_length()), cap)
@@ -591,8 +598,11 @@ def decode_features(model, features: Array, options: DecodingOptions = DecodingO
     bias[suppressed] = -np.inf
     key = jax.random.key(options.seed) if key is None else key
 
+    # Slots for the padded prompt and every token the search may add, not the whole text context: each decoding
+    # step rewrites and attends over all of them.
     cache, first, at_sot = _prefill(model.graph, model.state, model.unembed, features, jnp.asarray(tokens),
-                                    jnp.asarray(lengths), jnp.asarray(sot_index))
+                                    jnp.asarray(lengths), jnp.asarray(sot_index),
+                                    max_len=_cache_len(width, sample_len, n_ctx))
     out, n, score, no_speech, _ = jax.device_get(_search(
         model.graph, model.state, model.unembed, features, cache, first, at_sot, jnp.asarray(lengths),
         jnp.asarray(bias), jnp.float32(options.temperature), key, spec=spec))
@@ -635,7 +645,8 @@ def greedy_tokens(model, features: Array, prompt: Sequence[int], *, eot: int, ma
     tokens[:, : len(prompt)] = prompt
     lengths = jnp.full((n_audio,), len(prompt), jnp.int32)
     cache, first, at_sot = _prefill(model.graph, model.state, model.unembed, features, jnp.asarray(tokens), lengths,
-                                    jnp.zeros((n_audio,), jnp.int32))
+                                    jnp.zeros((n_audio,), jnp.int32),
+                                    max_len=_cache_len(tokens.shape[1], max_tokens, n_ctx))
     spec = _Spec(n_group=1, beam=False, sample=False, sample_len=max_tokens, max_candidates=1, length_penalty=None,
                  eot=eot, n_ctx=n_ctx)
     out, _, _, _, steps = _search(model.graph, model.state, model.unembed, features, cache, first, at_sot, lengths,

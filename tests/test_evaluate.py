@@ -162,6 +162,19 @@ def test_suppress_padding_context_limit_early_stop_one_compilation(model, mel, r
     assert decoding._TRACE_COUNT["search"] == traces + 1
 
 
+def test_cache_holds_only_the_slots_the_search_needs(model, mel):
+    """The decoding cache has prompt width + max_tokens slots, not the whole text context; with the prompt filling
+    its padded width the last token fed back lands in the cache's last used slot, and the output is still the
+    cache-free loop's."""
+    prompt = [*PROMPT, *np.random.default_rng(3).integers(0, TOK.eot, 8 - len(PROMPT)).tolist()]  # width 8, full
+    assert decoding._cache_len(8, 4, CFG.n_text_ctx) == 12 < CFG.n_text_ctx
+    tokens, steps = decoding.greedy_tokens(model, decoding.embed_audio(model, mel), prompt, eot=TOK.eot,
+                                           max_tokens=4, suppress=SPECIALS)
+    np.testing.assert_array_equal(np.asarray(tokens), reference_greedy(model, mel, prompt, eot=TOK.eot, max_tokens=4,
+                                                                       suppress=SPECIALS))
+    assert int(steps) == 4
+
+
 def _cut(rows, stop):
     """Rows ending at their first ``stop`` (kept), then padded with ``stop``."""
     out = np.array(rows)
