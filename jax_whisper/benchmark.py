@@ -76,6 +76,7 @@ class Options:
     contenders: tuple[str, ...] = TRAIN + TRANSCRIBE
     preset: str = "seed"
     model: str | None = None  # WhisperConfig overrides, as TrainConfig.model ("n_audio_layer=2,...")
+    dtype: str = "float32"  # the flax train step's compute dtype (bfloat16: MFU against the bf16 peak)
     batch_size: int = 16
     frames: int = 500
     tokens: int = 64
@@ -96,10 +97,16 @@ class Options:
             raise ValueError(f"seconds must be positive, got {self.seconds}")
         if self.only not in (None, "train", "transcribe"):
             raise ValueError(f"only must be train or transcribe, got {self.only!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        torch = {"torch", "torch_compile"} & set(self.contenders)
+        if self.dtype != "float32" and torch and self.only != "transcribe":
+            raise ValueError(f"the PyTorch reference trains in float32 only: with dtype={self.dtype} leave out "
+                             f"{', '.join(sorted(torch))} (--contenders flax,...) or run --only transcribe")
 
     def train_config(self) -> TrainConfig:
-        """The seed recipe (dropout as the preset says, no CTC) on the chosen model."""
-        return TrainConfig.recipe("seed", preset=self.preset, model=self.model)
+        """The seed recipe (dropout as the preset says, no CTC) on the chosen model, in the chosen dtype."""
+        return dataclasses.replace(TrainConfig.recipe("seed", preset=self.preset, model=self.model), dtype=self.dtype)
 
 
 # ==========================================================================================================
@@ -621,7 +628,7 @@ def format_table(result: dict) -> str:
     if tr:
         model = f" ({tr['model']})" if tr["model"] else ""
         lines += [f"train: {tr['preset']}{model}, batch {tr['batch_size']}, "
-                  f"{tr['frames']} frames, {tr['tokens']} tokens, dropout {tr['config']['dropout']}, "
+                  f"{tr['frames']} frames, {tr['tokens']} tokens, dropout {tr['config']['dropout']}, {tr['dtype']}, "
                   f"{tr['rounds']} rounds", head]
         for n in TRAIN:
             if tr["step_s"][n] is not None or n in tr["errors"]:

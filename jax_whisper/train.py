@@ -74,7 +74,8 @@ def projected_cross_entropy(x: Array, embedding: Array, targets: Array, *, label
                             block_rows: int = 4096) -> tuple[Array, Array, Array]:
     """:func:`cross_entropy` of the tied vocabulary projection ``logits = x @ embedding.T`` without keeping the
     logits: ``(sum of losses, counted tokens, argmax hits)``. ``x`` (..., n_state) is the decoder's final
-    LayerNorm output, in the compute dtype like ``embedding``; logits are float32.
+    LayerNorm output in the compute dtype; ``embedding`` (the float32 parameter) is multiplied in that dtype and
+    gets its gradient back unrounded, accumulated in float32 like the logits.
 
     Under differentiation the forward pass also computes the gradients (the loss is a scalar, so the backward
     only scales them): per block of ``block_rows`` rows the logits are formed once, reduced, turned into
@@ -116,6 +117,8 @@ def _block_losses(x, embedding, targets, mask, smoothing, with_grad):
 
 
 def _projected(x, embedding, targets, mask, smoothing, block, with_grad):
+    embedding = embedding.astype(x.dtype)  # the products in the compute dtype (a no-op in float32)
+
     def block_grads(x, d):
         dx = lax.dot_general(d, embedding, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         de = lax.dot_general(d, x, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -264,7 +267,7 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
     if ctc_weight != 1.0:  # at weight 1 (the CTC-only phase) the decoder is not run at all
         decoder = tm.whisper.decoder
         x = decoder(batch["tokens"], xa, project=False)
-        embedding = decoder.token_embedding.embedding[...].astype(x.dtype)
+        embedding = decoder.token_embedding.embedding[...]
         out["ce"], _, out["correct"] = projected_cross_entropy(x, embedding, batch["targets"],
                                                                label_smoothing=label_smoothing)
     if ctc_weight:

@@ -31,6 +31,9 @@ def main(argv=None) -> int:
                         help="timed transcriptions each (default %(default)s)")
     parser.add_argument("--preset", default=d.preset, help="model preset of the train step (default %(default)s)")
     parser.add_argument("--model", default=None, help="WhisperConfig overrides, e.g. 'n_audio_layer=2,n_text_layer=2'")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=d.dtype,
+                        help="compute dtype of the flax train step; the torch reference is float32 only "
+                             "(default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     parser.add_argument("--frames", type=int, default=d.frames, help="mel frames per row (default %(default)s)")
     parser.add_argument("--tokens", type=int, default=d.tokens, help="text tokens per row (default %(default)s)")
@@ -53,8 +56,8 @@ def main(argv=None) -> int:
     try:
         opts = Options(only=args.only, rounds=args.rounds, transcribe_rounds=args.transcribe_rounds,
                        contenders=tuple(c.strip() for c in args.contenders.split(",") if c.strip()),
-                       preset=args.preset, model=args.model, batch_size=args.batch_size, frames=args.frames,
-                       tokens=args.tokens, seconds=args.seconds, speech_dir=args.speech_dir,
+                       preset=args.preset, model=args.model, dtype=args.dtype, batch_size=args.batch_size,
+                       frames=args.frames, tokens=args.tokens, seconds=args.seconds, speech_dir=args.speech_dir,
                        model_path=args.model_path, threads=args.threads,
                        keep_freed_memory=not args.system_malloc, wide_cpu_vectors=not args.xla_default_vectors)
         result = run_benchmark(opts, log=lambda s: print(s, file=sys.stderr, flush=True))

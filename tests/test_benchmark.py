@@ -110,6 +110,21 @@ def test_failed_contender_is_recorded(tmp_path, capsys):
     assert "faster_whisper_int8 failed:" in capsys.readouterr().out
 
 
+def test_bfloat16_train_step_of_flax_alone(tmp_path):
+    """--dtype bfloat16 times the flax step in bf16 compute (the JSON says so); the float32-only torch reference
+    is refused with a message rather than compared against it."""
+    out = tmp_path / "b16.json"
+    code = _cli().main(["--json", str(out), "--only", "train", "--contenders", "flax", "--dtype", "bfloat16",
+                        "--model", TINY, "--batch-size", "2", "--frames", "100", "--tokens", "16", "--rounds", "1"])
+    assert code == 0
+    tr = json.loads(out.read_text())["train"]
+    assert tr["dtype"] == "bfloat16" and not tr["errors"] and tr["step_s"]["flax"] > 0
+    assert tr["ratio"] is None and tr["torch_samples_per_s"] is None
+    with pytest.raises(ValueError, match="float32 only"):
+        B.Options(dtype="bfloat16")
+    assert B.Options(dtype="bfloat16", only="transcribe").train_config().dtype == "bfloat16"
+
+
 @pytest.mark.parametrize("corpus", ["speech_eval", "espeak"])
 def test_speech_audio_is_exactly_the_requested_length(corpus, tmp_path):
     speech_dir = B.DEFAULT_SPEECH if corpus == "speech_eval" else tmp_path / "absent"
