@@ -122,9 +122,7 @@ def mixed_dot(x: Array, y: Array, dimension_numbers, dtype) -> Array:
 
 
 def mixed_matmul(x: Array, y: Array, dtype) -> Array:
-    """``x @ y`` over leading batch axes (both of the same rank), as :func:`mixed_dot`; in float32 ``jnp.matmul``."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return jnp.matmul(x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32)
+    """``x @ y`` over leading batch axes (both of the same rank), as :func:`mixed_dot`."""
     batch = tuple(range(x.ndim - 2))
     return mixed_dot(x, y, (((x.ndim - 1,), (y.ndim - 2,)), (batch, batch)), dtype)
 
