@@ -35,6 +35,18 @@ def test_sinusoids(seed):
         jmodel.sinusoids(10, 5)
 
 
+def test_gelu_and_its_gradient(seed):
+    # our GELU has its own derivative rule (model._gelu_jvp): value and gradient against torch's exact GELU
+    x = np.random.default_rng(seed).normal(0, 3, (4096,)).astype(np.float32)
+    g = np.random.default_rng(seed + 1).normal(0, 1, (4096,)).astype(np.float32)
+    t = torch.from_numpy(x).requires_grad_()
+    ref = F.gelu(t)
+    ref.backward(torch.from_numpy(g))
+    out, vjp = jax.vjp(jmodel._gelu, jnp.asarray(x))
+    check_close(out, ref, what="gelu", seed=seed, rel_l2=REL, max_abs=ABS)
+    check_close(vjp(jnp.asarray(g))[0], t.grad, what="gelu gradient", seed=seed, rel_l2=REL, max_abs=ABS)
+
+
 def test_conv_stem(models, seed):
     cfg, tm, jm = models
     mel, _ = random_inputs(cfg, seed)

@@ -316,3 +316,42 @@ def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
     assert max(moved(before["whisper"]["decoder"], after["whisper"]["decoder"])) == 0.0
     assert min(moved(before["ctc"], after["ctc"])) > 0 and max(moved(before["whisper"]["encoder"],
                                                                       after["whisper"]["encoder"])) > 0
+
+
+def test_gelu_backward_keeps_one_array():
+    """``model._gelu``'s derivative rule leaves reverse mode one residual of the input's size (autodiff of the
+    erfc formula keeps several), with the forward bit-identical to ``jax.nn.gelu(approximate=False)``."""
+    from functools import partial
+
+    from jax_whisper import model as M
+
+    x = jax.random.normal(jax.random.key(3), (4, 1536))
+    autodiff = partial(jax.nn.gelu, approximate=False)
+    ours, ours_vjp = jax.vjp(M._gelu, x)
+    ref, ref_vjp = jax.vjp(autodiff, x)
+    assert np.array_equal(np.asarray(ours), np.asarray(ref))
+    big = lambda f: [r for r in jax.tree_util.tree_leaves(f) if np.size(r) == x.size]  # noqa: E731
+    assert len(big(ours_vjp)) == 1 and len(big(ref_vjp)) >= 3, (len(big(ours_vjp)), len(big(ref_vjp)))
+
+
+def test_train_step_memory_with_the_gelu_rule(monkeypatch):
+    """The compiled train step needs less temporary memory with ``model._gelu`` than with autodiff's GELU (the
+    layer scan stores each block's residuals), and computes the same loss."""
+    from functools import partial
+
+    from jax_whisper import model as M
+    from jax_whisper.benchmark import train_batch
+
+    tc = TrainConfig(model=TINY.replace("layer=1", "layer=2"), dropout=0.0)
+    cfg = tc.model_config()
+    batch = train_mod.device_batch(train_batch(2, 200, 16, cfg.n_vocab))
+    kw = dict(n_mels=cfg.n_mels, label_smoothing=0.0, ctc_weight=0.0, grad_accum=1)
+    temp, loss = {}, {}
+    for name, gelu in (("rule", M._gelu), ("autodiff", partial(jax.nn.gelu, approximate=False))):
+        monkeypatch.setattr(M, "_gelu", gelu)  # read when the model is built and traced
+        tm = train_mod.init_model(tc, cfg)
+        opt = train_mod.optimizer_for(tm, tc, 10)
+        temp[name] = train_mod.train_step.lower(tm, opt, batch, **kw).compile().memory_analysis().temp_size_in_bytes
+        loss[name] = float(train_mod.train_step(tm, opt, batch, **kw)["loss"])
+    assert loss["rule"] == loss["autodiff"], loss
+    assert temp["rule"] < temp["autodiff"], temp
