@@ -162,7 +162,39 @@ def _Linear(n_in: int, n_out: int, *, dtype=jnp.float32, **kw) -> nnx.Linear:
 
 
 _Conv = partial(nnx.Conv, preferred_element_type=jnp.float32)  # 3% of the FLOPs: its backward stays float32
-_LayerNorm = partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)  # torch's eps and variance
+class _LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` over the last axis with torch's epsilon and two-pass variance, the same state and output
+    (bit for bit), through :func:`_layer_norm`'s derivative rule."""
+
+    def __init__(self, n_state: int, *, rngs: nnx.Rngs):
+        super().__init__(n_state, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+
+    def __call__(self, x):
+        x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+        return _layer_norm(x, scale, bias, self.epsilon)
+
+
+def _normalized(x, eps):
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    return centred, lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps):
+    centred, rstd = _normalized(x, eps)
+    return centred * (rstd * scale) + bias  # nnx.LayerNorm's order of operations
+
+
+@_layer_norm.defjvp
+def _layer_norm_jvp(eps, primals, tangents):
+    # Written in the normalised input and its inverse deviation: reverse mode keeps that one full-size array
+    # (autodiff of the forward kept three: the centred input twice and the broadcast scale).
+    (x, scale, bias), (dx, dscale, dbias) = primals, tangents
+    centred, rstd = _normalized(x, eps)
+    xhat = centred * rstd
+    dxhat = rstd * (dx - dx.mean(-1, keepdims=True) - xhat * (dx * xhat).mean(-1, keepdims=True))
+    return _layer_norm(x, scale, bias, eps), dxhat * scale + xhat * dscale + dbias
 
 
 class Dropout(nnx.Dropout):

@@ -47,6 +47,26 @@ def test_gelu_and_its_gradient(seed):
     check_close(vjp(jnp.asarray(g))[0], t.grad, what="gelu gradient", seed=seed, rel_l2=REL, max_abs=ABS)
 
 
+def test_layer_norm_and_its_gradients(seed):
+    # our LayerNorm has its own derivative rule (model._layer_norm_jvp): against torch's layer_norm
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1, 3, (2, 50, 384)).astype(np.float32)
+    g = rng.normal(0, 1, x.shape).astype(np.float32)
+    w, b = (1 + rng.normal(0, 1, 384)).astype(np.float32), rng.normal(0, 1, 384).astype(np.float32)
+    tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
+    ref = F.layer_norm(tx, (384,), tw, tb, 1e-5)
+    ref.backward(torch.from_numpy(g))
+    ln = jmodel._LayerNorm(384, rngs=nnx.Rngs(0))
+    ln.scale[...], ln.bias[...] = jnp.asarray(w), jnp.asarray(b)
+    gd, st = nnx.split(ln)
+    out, vjp = jax.vjp(lambda st, x: nnx.merge(gd, st)(x), st, jnp.asarray(x))
+    d_state, dx = vjp(jnp.asarray(g))
+    check_close(out, ref, what="layer norm", seed=seed, rel_l2=REL, max_abs=ABS)
+    check_close(dx, tx.grad, what="layer norm d-input", seed=seed, rel_l2=REL, max_abs=ABS)
+    check_close(d_state["scale"][...], tw.grad, what="layer norm d-scale", seed=seed, rel_l2=REL, max_abs=ABS)
+    check_close(d_state["bias"][...], tb.grad, what="layer norm d-bias", seed=seed, rel_l2=REL, max_abs=ABS)
+
+
 def test_conv_stem(models, seed):
     cfg, tm, jm = models
     mel, _ = random_inputs(cfg, seed)

@@ -318,27 +318,58 @@ def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
                                                                       after["whisper"]["encoder"])) > 0
 
 
+
+def _autodiff_gelu():
+    from functools import partial
+
+    return partial(jax.nn.gelu, approximate=False)
+
+
+def _autodiff_layer_norm():
+    from functools import partial
+
+    return partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+
+
 def test_gelu_backward_keeps_one_array():
     """``model._gelu``'s derivative rule leaves reverse mode one residual of the input's size (autodiff of the
     erfc formula keeps several), with the forward bit-identical to ``jax.nn.gelu(approximate=False)``."""
-    from functools import partial
-
     from jax_whisper import model as M
 
     x = jax.random.normal(jax.random.key(3), (4, 1536))
-    autodiff = partial(jax.nn.gelu, approximate=False)
     ours, ours_vjp = jax.vjp(M._gelu, x)
-    ref, ref_vjp = jax.vjp(autodiff, x)
+    ref, ref_vjp = jax.vjp(_autodiff_gelu(), x)
     assert np.array_equal(np.asarray(ours), np.asarray(ref))
     big = lambda f: [r for r in jax.tree_util.tree_leaves(f) if np.size(r) == x.size]  # noqa: E731
     assert len(big(ours_vjp)) == 1 and len(big(ref_vjp)) >= 3, (len(big(ours_vjp)), len(big(ref_vjp)))
 
 
-def test_train_step_memory_with_the_gelu_rule(monkeypatch):
-    """The compiled train step needs less temporary memory with ``model._gelu`` than with autodiff's GELU (the
-    layer scan stores each block's residuals), and computes the same loss."""
-    from functools import partial
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_is_nnx_layer_norm_with_one_residual(dtype):
+    """``model._LayerNorm`` computes ``nnx.LayerNorm``'s output bit for bit (float32 parameters, either input
+    dtype) and its derivative rule leaves reverse mode one full-size residual where autodiff keeps three."""
+    from jax_whisper import model as M
 
+    ours, ref = M._LayerNorm(384, rngs=nnx.Rngs(0)), _autodiff_layer_norm()(384, rngs=nnx.Rngs(0))
+    k = jax.random.split(jax.random.key(5), 3)
+    for m in (ours, ref):
+        m.scale[...] = 1 + jax.random.normal(k[0], (384,))
+        m.bias[...] = jax.random.normal(k[1], (384,))
+    x = (jax.random.normal(k[2], (2, 50, 384)) * 3 + 1).astype(dtype)
+    assert np.array_equal(np.asarray(ours(x)), np.asarray(ref(x)))
+
+    def residuals(m):
+        gd, st = nnx.split(m)
+        _, vjp = jax.vjp(lambda st, x: nnx.merge(gd, st)(x), st, x)
+        return [r for r in jax.tree_util.tree_leaves(vjp) if np.size(r) == x.size]
+
+    assert len(residuals(ours)) == 1 and len(residuals(ref)) >= 3, (len(residuals(ours)), len(residuals(ref)))
+
+
+@pytest.mark.parametrize("name, autodiff", [("_gelu", _autodiff_gelu), ("_LayerNorm", _autodiff_layer_norm)])
+def test_train_step_memory_with_the_derivative_rules(monkeypatch, name, autodiff):
+    """The compiled train step needs less temporary memory with ``model._gelu`` / ``model._LayerNorm`` than with
+    autodiff of the same forward (the layer scan stores each block's residuals), and computes the same loss."""
     from jax_whisper import model as M
     from jax_whisper.benchmark import train_batch
 
@@ -347,11 +378,11 @@ def test_train_step_memory_with_the_gelu_rule(monkeypatch):
     batch = train_mod.device_batch(train_batch(2, 200, 16, cfg.n_vocab))
     kw = dict(n_mels=cfg.n_mels, label_smoothing=0.0, ctc_weight=0.0, grad_accum=1)
     temp, loss = {}, {}
-    for name, gelu in (("rule", M._gelu), ("autodiff", partial(jax.nn.gelu, approximate=False))):
-        monkeypatch.setattr(M, "_gelu", gelu)  # read when the model is built and traced
+    for variant, impl in (("rule", getattr(M, name)), ("autodiff", autodiff())):
+        monkeypatch.setattr(M, name, impl)  # read when the model is built and traced
         tm = train_mod.init_model(tc, cfg)
         opt = train_mod.optimizer_for(tm, tc, 10)
-        temp[name] = train_mod.train_step.lower(tm, opt, batch, **kw).compile().memory_analysis().temp_size_in_bytes
-        loss[name] = float(train_mod.train_step(tm, opt, batch, **kw)["loss"])
+        temp[variant] = train_mod.train_step.lower(tm, opt, batch, **kw).compile().memory_analysis().temp_size_in_bytes
+        loss[variant] = float(train_mod.train_step(tm, opt, batch, **kw)["loss"])
     assert loss["rule"] == loss["autodiff"], loss
     assert temp["rule"] < temp["autodiff"], temp
