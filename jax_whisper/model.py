@@ -162,6 +162,8 @@ def _Linear(n_in: int, n_out: int, *, dtype=jnp.float32, **kw) -> nnx.Linear:
 
 
 _Conv = partial(nnx.Conv, preferred_element_type=jnp.float32)  # 3% of the FLOPs: its backward stays float32
+
+
 class _LayerNorm(nnx.LayerNorm):
     """``nnx.LayerNorm`` over the last axis with torch's epsilon and two-pass variance, the same state and output
     (bit for bit), through :func:`_layer_norm`'s derivative rule."""
