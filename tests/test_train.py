@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_whisper import model as M
 from jax_whisper import train as train_mod
+from jax_whisper.benchmark import train_batch
 from jax_whisper.config import TrainConfig
 from jax_whisper.convert import flax_to_numpy, load_checkpoint, training_checkpoint
 from jax_whisper.data import Plan, quantile_buckets
@@ -318,39 +321,32 @@ def test_ctc_only_phase_trains_the_encoder_alone(cache_dir):
                                                                       after["whisper"]["encoder"])) > 0
 
 
-
-def _autodiff_gelu():
-    from functools import partial
-
-    return partial(jax.nn.gelu, approximate=False)
+# the forwards the derivative rules replace, differentiated by autodiff
+AUTODIFF_GELU = partial(jax.nn.gelu, approximate=False)
+AUTODIFF_LAYER_NORM = partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)
 
 
-def _autodiff_layer_norm():
-    from functools import partial
-
-    return partial(nnx.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+def _full_size_residuals(vjp_fn, x) -> list:
+    """The arrays of ``x``'s size a ``jax.vjp`` function keeps for the backward pass."""
+    return [r for r in jax.tree_util.tree_leaves(vjp_fn) if np.size(r) == x.size]
 
 
 def test_gelu_backward_keeps_one_array():
     """``model._gelu``'s derivative rule leaves reverse mode one residual of the input's size (autodiff of the
     erfc formula keeps several), with the forward bit-identical to ``jax.nn.gelu(approximate=False)``."""
-    from jax_whisper import model as M
-
     x = jax.random.normal(jax.random.key(3), (4, 1536))
     ours, ours_vjp = jax.vjp(M._gelu, x)
-    ref, ref_vjp = jax.vjp(_autodiff_gelu(), x)
+    ref, ref_vjp = jax.vjp(AUTODIFF_GELU, x)
     assert np.array_equal(np.asarray(ours), np.asarray(ref))
-    big = lambda f: [r for r in jax.tree_util.tree_leaves(f) if np.size(r) == x.size]  # noqa: E731
-    assert len(big(ours_vjp)) == 1 and len(big(ref_vjp)) >= 3, (len(big(ours_vjp)), len(big(ref_vjp)))
+    n_ours, n_ref = len(_full_size_residuals(ours_vjp, x)), len(_full_size_residuals(ref_vjp, x))
+    assert n_ours == 1 and n_ref >= 3, (n_ours, n_ref)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_layer_norm_is_nnx_layer_norm_with_one_residual(dtype):
     """``model._LayerNorm`` computes ``nnx.LayerNorm``'s output bit for bit (float32 parameters, either input
     dtype) and its derivative rule leaves reverse mode one full-size residual where autodiff keeps three."""
-    from jax_whisper import model as M
-
-    ours, ref = M._LayerNorm(384, rngs=nnx.Rngs(0)), _autodiff_layer_norm()(384, rngs=nnx.Rngs(0))
+    ours, ref = M._LayerNorm(384, rngs=nnx.Rngs(0)), AUTODIFF_LAYER_NORM(384, rngs=nnx.Rngs(0))
     k = jax.random.split(jax.random.key(5), 3)
     for m in (ours, ref):
         m.scale[...] = 1 + jax.random.normal(k[0], (384,))
@@ -361,24 +357,21 @@ def test_layer_norm_is_nnx_layer_norm_with_one_residual(dtype):
     def residuals(m):
         gd, st = nnx.split(m)
         _, vjp = jax.vjp(lambda st, x: nnx.merge(gd, st)(x), st, x)
-        return [r for r in jax.tree_util.tree_leaves(vjp) if np.size(r) == x.size]
+        return len(_full_size_residuals(vjp, x))
 
-    assert len(residuals(ours)) == 1 and len(residuals(ref)) >= 3, (len(residuals(ours)), len(residuals(ref)))
+    assert residuals(ours) == 1 and residuals(ref) >= 3, (residuals(ours), residuals(ref))
 
 
-@pytest.mark.parametrize("name, autodiff", [("_gelu", _autodiff_gelu), ("_LayerNorm", _autodiff_layer_norm)])
+@pytest.mark.parametrize("name, autodiff", [("_gelu", AUTODIFF_GELU), ("_LayerNorm", AUTODIFF_LAYER_NORM)])
 def test_train_step_memory_with_the_derivative_rules(monkeypatch, name, autodiff):
     """The compiled train step needs less temporary memory with ``model._gelu`` / ``model._LayerNorm`` than with
     autodiff of the same forward (the layer scan stores each block's residuals), and computes the same loss."""
-    from jax_whisper import model as M
-    from jax_whisper.benchmark import train_batch
-
     tc = TrainConfig(model=TINY.replace("layer=1", "layer=2"), dropout=0.0)
     cfg = tc.model_config()
     batch = train_mod.device_batch(train_batch(2, 200, 16, cfg.n_vocab))
     kw = dict(n_mels=cfg.n_mels, label_smoothing=0.0, ctc_weight=0.0, grad_accum=1)
     temp, loss = {}, {}
-    for variant, impl in (("rule", getattr(M, name)), ("autodiff", autodiff())):
+    for variant, impl in (("rule", getattr(M, name)), ("autodiff", autodiff)):
         monkeypatch.setattr(M, name, impl)  # read when the model is built and traced
         tm = train_mod.init_model(tc, cfg)
         opt = train_mod.optimizer_for(tm, tc, 10)
