@@ -167,7 +167,11 @@ class Prepared:
         _check_eval_mode(model)
         if graphdef is None:
             graphdef, state = nnx.split(model)
+        # nnx.split's State holds the module's own Variables, which an optimizer update (nnx.update) refills in
+        # place: rebuilt Variables over today's arrays make this a snapshot, as the cached pieces below are.
+        state = jax.tree.map(lambda x: x, state)
         self.state, self.graph, self.cfg = state, _Graph(graphdef), model.cfg
+        self.arrays = jax.tree.leaves(state)  # what prepare() compares, by identity
         self._unembed = None
         self._encoder_blocks = None
         self._scan_encoder = model.encoder.scan
@@ -202,8 +206,9 @@ def prepare(model: nnx.Module | Prepared) -> Prepared:
         return model
     graphdef, state = nnx.split(model)
     last = _PREPARED.get(model)
-    if last is not None and last.graph.graphdef == graphdef and all(
-            a is b for a, b in zip(jax.tree.leaves(last.state), jax.tree.leaves(state), strict=True)):
+    leaves = jax.tree.leaves(state)
+    if last is not None and last.graph.graphdef == graphdef and len(leaves) == len(last.arrays) and all(
+            a is b for a, b in zip(last.arrays, leaves, strict=True)):
         return last
     _PREPARED[model] = prepared = Prepared(model, graphdef, state)
     return prepared

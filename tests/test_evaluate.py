@@ -120,6 +120,25 @@ def test_greedy_matches_full_recompute(model, mel, raw):
     np.testing.assert_array_equal(raw, expected)  # and max_tokens (8 < the context's 13) ended every row
 
 
+def test_decoding_after_an_update_sees_the_new_weights(mel, raw):
+    """An in-place update (what the optimizer does between validations) must reach decoding: the reused
+    Prepared once kept the first validation's embedding and encoder stack, mixing old and new weights."""
+    model = random_model(CFG, 1)
+    first = decoding.prepare(model)
+    np.testing.assert_array_equal(
+        np.asarray(greedy_decode(model, mel, PROMPT, eot=TOK.eot, max_tokens=MAX_TOKENS, suppress=SPECIALS)), raw)
+    nnx.update(model, nnx.state(random_model(CFG, 3), nnx.Param))
+    again = decoding.prepare(model)
+    assert again is not first
+    np.testing.assert_array_equal(np.asarray(again.unembed), np.asarray(decoding.prepare(random_model(CFG, 3)).unembed))
+    fresh = random_model(CFG, 3)
+    expected = np.asarray(greedy_decode(fresh, mel, PROMPT, eot=TOK.eot, max_tokens=MAX_TOKENS, suppress=SPECIALS))
+    got = np.asarray(greedy_decode(model, mel, PROMPT, eot=TOK.eot, max_tokens=MAX_TOKENS, suppress=SPECIALS))
+    assert not np.array_equal(expected, raw)  # the new weights decode differently, so the check below has teeth
+    np.testing.assert_array_equal(got, expected)
+    assert decoding.prepare(model) is again  # unchanged weights: reused
+
+
 def test_suppress_padding_context_limit_early_stop_one_compilation(model, mel, raw):
     wanted = int(raw[0, 0])
     suppress = (wanted, *SPECIALS)  # a token the model wants: suppressing it must change the output
