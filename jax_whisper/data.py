@@ -137,6 +137,11 @@ class Plan:
     def __len__(self) -> int:
         return len(self.items)
 
+    def groups(self) -> dict[str, str]:
+        """``{id: group}`` of the kept items that have a scoring group (``ItemMeta.group``)."""
+        metas = (self.source.metadata(it.index) for it in self.items)
+        return {m.id: m.group for m in metas if m.group is not None}
+
     def shapes(self) -> list[tuple[int, int]]:
         """``(frames, text length)`` of every bucket in use: the shapes the train step compiles for."""
         return [(f, t) for f, t, ks in zip(self.buckets, self.text_len, self.by_bucket, strict=True) if ks]

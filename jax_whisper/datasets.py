@@ -17,7 +17,8 @@ Specs
     ``progress`` pass through as keyword arguments. Splits ``train`` / ``validation`` (alias ``dev``,
     ``val``) / ``test``.
 ``manifest:PATH``
-    A JSONL manifest, one ``{"audio": ..., "text": ...}`` per line (optional ``id``, ``duration``). Relative
+    A JSONL manifest, one ``{"audio": ..., "text": ...}`` per line (optional ``id``, ``duration``, and
+    ``group``, a subset evaluation scores apart; the synthetic corpus's ``heldout_voice`` sets it). Relative
     ``audio`` paths resolve against the manifest's folder, absolute ones are kept. If ``PATH`` is a
     directory, the manifest is ``PATH/<split>.jsonl``; if ``PATH`` contains ``{split}`` it is formatted with
     the split; otherwise ``PATH`` is used as-is and ``split`` is ignored.
@@ -95,6 +96,7 @@ class ItemMeta:
     id: str
     text: str
     duration: float | None  # seconds, None when unknown before decoding
+    group: str | None = None  # evaluation subset scored apart (the synthetic corpus: heldout_voices / train_voices)
 
 
 @dataclass
@@ -353,7 +355,8 @@ class _Builder:
         self.metas: list[ItemMeta] = []
         self.refs: list[Any] = []
 
-    def add(self, id_: str, text: str, duration: float | None, ref: Any, *, garbage: bool = False) -> None:
+    def add(self, id_: str, text: str, duration: float | None, ref: Any, *, garbage: bool = False,
+            group: str | None = None) -> None:
         if garbage:
             self.stats.garbage += 1
             return
@@ -370,7 +373,8 @@ class _Builder:
         if self.max_seconds is not None and duration is not None and duration > self.max_seconds:
             self.stats.too_long += 1
             return
-        self.metas.append(ItemMeta(id=str(id_), text=text, duration=None if duration is None else float(duration)))
+        self.metas.append(ItemMeta(id=str(id_), text=text, duration=None if duration is None else float(duration),
+                                   group=group))
         self.refs.append(ref)
 
     def build(self, load: Callable[[Any], np.ndarray], describe: Callable[[Any], str] = str) -> Source:
@@ -428,8 +432,18 @@ def open_manifest(
             row = json.loads(line)
             audio = str((path.parent / row["audio"]).resolve())  # absolute paths survive the join
             id_ = row.get("id") or Path(row["audio"]).stem or f"{path.stem}-{lineno}"
-            b.add(id_, collapse_whitespace(row.get("text")), _float_or_none(row.get("duration")), audio)
+            b.add(id_, collapse_whitespace(row.get("text")), _float_or_none(row.get("duration")), audio,
+                  group=_group(row))
     return b.build(read_audio_file)
+
+
+def _group(row: dict) -> str | None:
+    """A manifest row's scoring group: its ``group`` string, or from the synthetic corpus's ``heldout_voice``."""
+    if isinstance(row.get("group"), str):
+        return row["group"]
+    if isinstance(row.get("heldout_voice"), bool):
+        return "heldout_voices" if row["heldout_voice"] else "train_voices"
+    return None
 
 
 _TRANSCRIPT_COLUMNS = ("transcription", "text", "sentence")

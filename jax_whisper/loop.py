@@ -5,6 +5,8 @@ same loop over the very same batches.
 
 A backend provides::
 
+    platform: str                                  "cpu", "gpu", "tpu", "cuda": picks the default preset
+
     setup(tc, cfg, total_steps, out) -> str        build model, optimizer and checkpoints; returns a summary line
     latest_step() -> int | None                    newest periodic checkpoint
     save(step, meta, best=False)                   a periodic (or the best) checkpoint holding ``meta`` (JSON-able)
@@ -26,15 +28,15 @@ from pathlib import Path
 
 from jax_whisper.config import TrainConfig
 from jax_whisper.data import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
-from jax_whisper.runlog import MetricsLog, write_json_atomic
+from jax_whisper.runlog import MetricsLog, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
 
 
 def _scores(r: dict) -> dict:
-    """The scores of an evaluation that are logged and kept: loss, token accuracy, WER, and the CTC head's WER
-    when the model has one."""
-    return {k: r[k] for k in ("loss", "accuracy", "wer", "ctc_wer") if k in r}
+    """The scores of an evaluation that are logged and kept: loss, token accuracy, WER, the WER of each scoring
+    group (``wer_heldout_voices``, ...) and the CTC head's WER when the model has one."""
+    return {k: v for k, v in r.items() if k in ("loss", "accuracy", "wer", "ctc_wer") or k.startswith("wer_")}
 
 
 def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_after: int | None = None,
@@ -49,6 +51,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     t0 = time.time()
     out = Path(tc.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tc = tc.for_platform(backend.platform)  # the preset the run trains is the one its config.json names
     cfg = tc.model_config()
     tokenizer = get_tokenizer(cfg)
     scoring = scoring_for(tc.dataset)
@@ -108,6 +111,11 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
     say = bar.write if bar is not None else log
 
+    def draw() -> None:
+        if lead:
+            plot_curves(out, history, title=f"{tc.preset}{' ' + tc.model if tc.model else ''}: {tc.dataset}, batch {tc.batch_size}, lr {tc.max_lr:g}, "
+                                             f"{total_steps} steps")
+
     def validate(step: int) -> None:
         nonlocal best, eval_seconds
         t_eval, c = time.time(), clock()
@@ -124,6 +132,7 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
         if best["wer"] is None or r["wer"] < best["wer"]:
             best = {"wer": r["wer"], "step": step}
             backend.save(step, meta(step), best=True)
+        draw()
 
     status, step, window = "completed", start, []
     try:
@@ -143,7 +152,8 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
                         "steps_per_s": len(window) / max(secs, 1e-9)}
                 window.clear()
                 metrics.write("train", step, {**m, "lr": backend.lr(step - 1), **rate,
-                                              "epoch": (step - 1) / plan.steps_per_epoch})
+                                              "epoch": (step - 1) / plan.steps_per_epoch,
+                                              "wall_minutes": clock()["wall_seconds"] / 60})
                 if bar is not None:
                     bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}",
                                     ex_s=f"{rate['samples_per_s']:.1f}", refresh=False)
@@ -179,7 +189,12 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     if lead:
         write_json_atomic(out / "results.json", results)
     if status == "completed":
-        log(f"results: {out / 'results.json'}")
+        log(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
+        parts = [f"{name} {results[key]:.1f}%" for key, name in (
+            ("test_wer_heldout_voices", "held-out voices"), ("test_wer_train_voices", "training voices"),
+            ("test_ctc_wer", "the CTC head alone")) if key in results]
+        if parts:
+            log("test WER of " + ", ".join(parts))
         log(f"test WER: {results['test_wer']:.1f}%")
     elif status == "diverged":
         raise FloatingPointError(f"training diverged at step {step}; last good checkpoint in {out / 'checkpoints'}")

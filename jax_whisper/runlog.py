@@ -1,5 +1,5 @@
 """Run bookkeeping shared by the Flax and PyTorch trainers (no jax, no torch): metrics to JSONL and TensorBoard,
-atomic JSON results."""
+atomic JSON results, and the picture of a run's curves (``curves.png``)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,56 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+def plot_curves(directory: Path, history: list[dict], title: str = "") -> Path:
+    """``<directory>/curves.png``: validation WER (and the CTC head's, and each scoring group's) and the losses
+    against wall-clock minutes and against steps, from ``metrics.jsonl`` and the validation ``history``.
+    Written atomically, so a viewer never sees half a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    from matplotlib import pyplot as plt
+
+    train = []
+    path = directory / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            if r.get("split") == "train" and "wall_minutes" in r:
+                train.append(r)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharey="row")
+    for col, x in enumerate(("wall_minutes", "step")):
+        ax = axes[0, col]
+        for key, label in (("val_wer", "validation WER"), ("val_wer_heldout_voices", "held-out voices"),
+                           ("val_wer_train_voices", "training voices"), ("val_ctc_wer", "CTC head alone")):
+            pts = [(h[x], h[key]) for h in history if key in h]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label, lw=2 if key == "val_wer" else 1)
+        ax.set_ylim(0, min(150, max([h.get("val_wer", 0) for h in history] + [10]) * 1.1))
+        ax.grid(alpha=0.3)
+        ax = axes[1, col]
+        if train:
+            k = max(1, len(train) // 200)  # a running mean keeps the curve readable
+            xs = [r[x] for r in train][k - 1:]
+            loss = [r["loss"] for r in train]
+            smooth = [sum(loss[i - k + 1:i + 1]) / k for i in range(k - 1, len(loss))]
+            ax.plot(xs, smooth, lw=1, label="training loss")
+        pts = [(h[x], h["val_loss"]) for h in history if "val_loss" in h]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label="validation loss (teacher-forced)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("wall-clock minutes" if x == "wall_minutes" else "step")
+    axes[0, 0].set_ylabel("WER %")
+    axes[1, 0].set_ylabel("loss")
+    axes[0, 1].legend(fontsize=8)
+    axes[1, 1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = directory / "curves.png"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 SCORINGS = ("whisper", "gigaspeech", "none")
@@ -106,5 +106,17 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], *, sco
     }
 
 
+def by_group(rows: Iterable[dict], groups: dict[str, str]) -> dict[str, tuple[list[str], list[str]]]:
+    """``{group: (references, hypotheses)}`` of transcribed ``rows`` (``{"id", "reference", "hypothesis"}``)
+    whose id ``groups`` maps to a group; every group of ``groups`` appears, in sorted order, even if empty (so
+    every process of a run scores the same groups)."""
+    out: dict[str, tuple[list[str], list[str]]] = {g: ([], []) for g in sorted(set(groups.values()))}
+    for r in rows:
+        g = groups.get(r["id"])
+        if g is not None:
+            out[g][0].append(r["reference"])
+            out[g][1].append(r["hypothesis"])
+    return out
 
-__all__ = ["SCORINGS", "scoring_for", "word_error_rate"]
+
+__all__ = ["SCORINGS", "by_group", "scoring_for", "word_error_rate"]

@@ -47,18 +47,26 @@ SAMPLE_RATE = 16000
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
 
-# Chosen to differ audibly: accents (US, GB, RP, Caribbean, Scottish), male and female variants and the
-# Klatt synthesiser. The held-out voices use variants (f1, m6) that no training voice uses.
-TRAIN_VOICES = (
-    "en-us+m3",
-    "en-us+f3",
-    "en+m1",
-    "en+f4",
-    "en-gb-x-rp+m5",
-    "en-029+f2",
-    "en-gb-scotland+m2",
-    "en-us+klatt4",
+# Training hears many voices: an unseen voice is recognised far better by a model that heard 70 than by one that
+# heard 9 (the earlier default's 9 come first). Each of eSpeak's English accents (US, New York, GB,
+# RP, Caribbean, Scottish, Lancastrian, West Midlands) is paired with a share of its voice variants. The held-out
+# voices use variants (f1, m6) that no training voice uses, so evaluation keeps two truly unheard voices.
+_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
+_VARIANTS = (  # all of eSpeak NG's variants but f1/m6 (held out) and the whispered, croaking and robotic ones
+    "m1", "m2", "m3", "m4", "m5", "m7", "m8", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "klatt4",
+    "klatt5", "klatt6", "Alex", "Andy", "Annie", "adam", "anika", "aunty", "benjamin", "boris", "caleb", "david",
+    "ed", "edward", "grandma", "grandpa", "ian", "iven", "john", "linda", "max", "michel", "norbert", "paul",
+    "quincy", "rob", "robert", "steph", "travis", "victor", "zac", "Gene", "Lee", "Mike", "Michael", "Reed",
+    "Storm", "Jacky", "shelby", "belinda", "Alicia", "Andrea", "Denis", "announcer", "gustave", "pablo", "sandro",
+    "marcelo", "mike2",
+)
+_FIRST_VOICES = (
+    "en-us+m3", "en-us+f3", "en+m1", "en+f4", "en-gb-x-rp+m5", "en-029+f2", "en-gb-scotland+m2", "en-us+klatt4",
     "en-us+f5",
+)
+TRAIN_VOICES = _FIRST_VOICES + tuple(
+    v for v in (f"{_ACCENTS[i % len(_ACCENTS)]}+{name}" for i, name in enumerate(_VARIANTS))
+    if v not in _FIRST_VOICES
 )
 HELDOUT_VOICES = ("en-gb-x-rp+f1", "en-us+m6")
 

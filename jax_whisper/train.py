@@ -27,6 +27,7 @@ from jax_whisper.convert import num_params
 from jax_whisper.data import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
+from jax_whisper.scoring import by_group
 from jax_whisper.tokenizer import CTC_CHARS, ctc_decode
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
@@ -423,8 +424,9 @@ def _replace_pure(state, module, pure) -> None:
 
 def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, mesh: jax.sharding.Mesh,
                   scoring: str = "whisper", num_threads: int = 2) -> dict:
-    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER, and with
-    a CTC head ``ctc_wer``, the WER of the encoder alone (greedy CTC): which half of the model lags behind.
+    """Validation/test metrics of ``plan``: teacher-forced loss and token accuracy, greedy-decoding WER (and
+    ``wer_<group>`` for each scoring group of the items, :meth:`Plan.groups`), and with a CTC head ``ctc_wer``, the
+    WER of the encoder alone (greedy CTC): which half of the model lags behind.
 
     Every batch is a global array over ``mesh``, built from each process's rows of ``plan`` (its ``shard_index``):
     the losses are sums over the whole batch, each process transcribes and scores its own rows, and the edit
@@ -452,6 +454,8 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
     if tm.ctc is not None:  # the same on every process: _process_wer is collective
         out["ctc_wer"] = _process_wer(ctc_refs, ctc_hyps, scoring)["wer"]
+    for group, (refs, hyps) in by_group(rows, plan.groups()).items():  # e.g. held-out voices apart
+        out[f"wer_{group}"] = _process_wer(refs, hyps, scoring)["wer"]
     return out
 
 
@@ -482,6 +486,10 @@ def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
 
 class FlaxBackend:
     """The Flax side of :func:`jax_whisper.loop.fit`: model, optimizer, jitted step, orbax checkpoints, evaluation."""
+
+    @property
+    def platform(self) -> str:
+        return jax.default_backend()
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         self.tc, self.cfg = tc, cfg

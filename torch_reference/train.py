@@ -314,7 +314,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
 
     The encoder runs once per batch for all three: they read the same audio features.
     """
-    from jax_whisper.scoring import word_error_rate
+    from jax_whisper.scoring import by_group, word_error_rate
     from torch_reference.decoding import decode_texts, greedy_decode_features
 
     was_training = tm.training
@@ -352,6 +352,8 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
     if ctc_refs:
         out["ctc_wer"] = word_error_rate(ctc_refs, ctc_hyps, scoring=scoring)["wer"]
+    for group, (refs, hyps) in by_group(rows, plan.groups()).items():
+        out[f"wer_{group}"] = word_error_rate(refs, hyps, scoring=scoring)["wer"]
     return out
 
 
@@ -379,6 +381,8 @@ def num_params(model: nn.Module) -> int:
 
 class TorchBackend:
     """The PyTorch side of :func:`jax_whisper.loop.fit`: model, optimizer, step, checkpoints, evaluation."""
+
+    platform = "cpu"  # init_model builds on the CPU
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         if tc.fsdp != 1 or tc.distributed or tc.coordinator:
