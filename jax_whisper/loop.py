@@ -113,8 +113,9 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
 
     def draw() -> None:
         if lead:
-            plot_curves(out, history, title=f"{tc.preset}{' ' + tc.model if tc.model else ''}: {tc.dataset}, batch {tc.batch_size}, lr {tc.max_lr:g}, "
-                                             f"{total_steps} steps")
+            model = tc.preset + (f" ({tc.model})" if tc.model else "")
+            plot_curves(out, history, title=f"{model}: {tc.dataset}, batch {tc.batch_size}, lr {tc.max_lr:g}, "
+                                            f"{total_steps} steps")
 
     def validate(step: int) -> None:
         nonlocal best, eval_seconds

@@ -74,7 +74,7 @@ def plot_curves(directory: Path, history: list[dict], title: str = "") -> Path:
                            ("val_wer_train_voices", "training voices"), ("val_ctc_wer", "CTC head alone")):
             pts = [(h[x], h[key]) for h in history if key in h]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label, lw=2 if key == "val_wer" else 1)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label, lw=2 if key == "val_wer" else 1)
         ax.set_ylim(0, min(150, max([h.get("val_wer", 0) for h in history] + [10]) * 1.1))
         ax.grid(alpha=0.3)
         ax = axes[1, col]
@@ -86,7 +86,7 @@ def plot_curves(directory: Path, history: list[dict], title: str = "") -> Path:
             ax.plot(xs, smooth, lw=1, label="training loss")
         pts = [(h[x], h["val_loss"]) for h in history if "val_loss" in h]
         if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label="validation loss (teacher-forced)")
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label="validation loss (teacher-forced)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         ax.set_xlabel("wall-clock minutes" if x == "wall_minutes" else "step")
