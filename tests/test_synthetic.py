@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from jax_whisper import synthetic as S
+from jax_whisper.synthetic import corpus  # the builder's private pieces, patched where they live
 
 TINY = dict(n_train=20, n_val=6, n_test=6, seed=3)
 ROW_KEYS = {
@@ -157,8 +158,8 @@ def test_no_evaluation_sentence_in_train(tiny):
 
 def test_planner_keeps_splits_disjoint_even_when_sentences_repeat():
     """With 2-word sentences only, duplicates are forced; they may repeat inside a split, never across."""
-    p = S._params({**S._DEFAULTS, "min_words": 2, "max_words": 2, "n_train": 400, "n_val": 50, "n_test": 50})
-    planner = S._Planner(p)
+    p = corpus._params({**corpus._DEFAULTS, "min_words": 2, "max_words": 2, "n_train": 400, "n_val": 50, "n_test": 50})
+    planner = corpus._Planner(p)
     texts = {
         s: [planner.item(s, "en-us+m3").text for _ in range(n)]
         for s, n in (("test", 50), ("validation", 50), ("train", 400))
@@ -264,8 +265,8 @@ def test_process_pool_build_matches_in_process_plan(tmp_path):
 
 def test_ensure_corpus_reuses_a_complete_corpus(tmp_path, monkeypatch):
     builds = []
-    real = S._build_into
-    monkeypatch.setattr(S, "_build_into", lambda *a, **k: builds.append(1) or real(*a, **k))
+    real = corpus._build_into
+    monkeypatch.setattr(corpus, "_build_into", lambda *a, **k: builds.append(1) or real(*a, **k))
     m1 = S.ensure_corpus(tmp_path, workers=1, **TINY)
     assert len(builds) == 1
     root = m1["train"].parent
@@ -294,7 +295,7 @@ def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
 
 def test_interrupted_build_leaves_no_complete_corpus(tmp_path, monkeypatch):
     calls = []
-    real = S._make
+    real = corpus._make
 
     def flaky(*a, **k):
         calls.append(1)
@@ -302,13 +303,13 @@ def test_interrupted_build_leaves_no_complete_corpus(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed ctrl-c mid-build
         return real(*a, **k)
 
-    monkeypatch.setattr(S, "_make", flaky)
+    monkeypatch.setattr(corpus, "_make", flaky)
     with pytest.raises(KeyboardInterrupt):
         S.ensure_corpus(tmp_path, workers=1, **TINY)
     target = tmp_path / S.corpus_key(**TINY)
     assert not target.exists() and not S.is_complete(target)
     assert list(tmp_path.iterdir()) == []  # the temporary build directory is gone too
-    monkeypatch.setattr(S, "_make", real)
+    monkeypatch.setattr(corpus, "_make", real)
     m = S.ensure_corpus(tmp_path, workers=1, **TINY)
     assert S.is_complete(target) and len(_rows(m["train"])) == 20
 

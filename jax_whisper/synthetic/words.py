@@ -1,4 +1,4 @@
-"""Word lists for the synthetic sentence grammar in :mod:`jax_whisper.synthetic`.
+"""Word lists for the synthetic sentence grammar in :mod:`jax_whisper.synthetic.grammar`.
 
 Everything is lower-case and spelled as a transcript should be (numbers as words, no punctuation,
 no apostrophes). Irregular forms are written out rather than derived so that nothing is guessed.
