@@ -1,6 +1,6 @@
 """Whisper in Flax NNX, mirroring ``torch_reference/model.py`` name for name and in the same order.
 
-Parameter paths map one-to-one onto openai-whisper's state-dict keys (see ``jax_whisper.convert``). Compute
+Parameter paths map one-to-one onto openai-whisper's state-dict keys (see ``jax_whisper.formats.mapping``). Compute
 dtype is configurable: parameters, LayerNorm, softmax and the residual stream stay float32, matmuls and
 convolutions run in ``dtype`` (e.g. bfloat16), the matmuls' gradients too (:func:`mixed_dot`). The decoder's
 key/value cache has a fixed size and is written with ``dynamic_update_slice``, so decoding runs inside

@@ -27,14 +27,14 @@ from jax_whisper.config import WhisperConfig
 from jax_whisper.convert import (
     detect_format,
     flax_to_numpy,
-    hf_config,
     load_checkpoint,
     load_state,
-    read_ct2,
     resolve_model,
     save_checkpoint,
     torch_to_flax,
 )
+from jax_whisper.formats.ctranslate2 import read_ct2
+from jax_whisper.formats.huggingface import hf_config
 from parity_tests.helpers import check_close, random_inputs, random_torch_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -180,7 +180,7 @@ def test_torch_reference_vs_openai_whisper(models, seed):
 
 def test_loss_and_gradients(models, seed):
     """Token cross-entropy with padding ignored, and the gradient of every parameter (relative L2 <= 1e-4)."""
-    from jax_whisper.convert import torch_name
+    from jax_whisper.formats.mapping import torch_name
     from jax_whisper.train import IGNORE_INDEX, cross_entropy
     from torch_reference.train import cross_entropy as torch_cross_entropy
 

@@ -25,7 +25,7 @@ from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS, ctc_decode
 from torch_reference.audio import HOP_LENGTH, log_mel_spectrogram
 from torch_reference.model import Whisper
 
-CONFIG_KEY = "jax_whisper_config"  # safetensors metadata key of the WhisperConfig (jax_whisper.convert._CONFIG_KEY)
+CONFIG_KEY = "jax_whisper_config"  # the WhisperConfig in safetensors metadata (jax_whisper.formats.native)
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
 
 

@@ -1,0 +1,206 @@
+"""Weights between frameworks and checkpoint formats.
+
+The public façade over :mod:`jax_whisper.formats`: ``load_checkpoint`` reads, recognising the format by itself,
+``save_checkpoint`` writes, ``torch_to_flax`` / ``flax_to_torch`` move weights between the frameworks
+(:mod:`jax_whisper.formats.mapping`). The formats, one module each in :mod:`jax_whisper.formats`:
+
+- ``flax``: this project's orbax directory (``config.json`` + ``state/``), or a training run / step directory;
+- ``torch``: this project's ``.safetensors`` file (openai names, the config in its metadata);
+- ``openai``: an openai-whisper ``.pt`` (``{"dims": ..., "model_state_dict": ...}``, usually fp16);
+- ``hf``: a Hugging Face transformers Whisper directory (``config.json`` + ``model.safetensors`` [sharded or
+  not] or ``pytorch_model.bin``);
+- ``ctranslate2``: a CTranslate2 / faster-whisper directory (``model.bin``), parsed here with numpy.
+
+``save_checkpoint`` writes ``flax``, ``torch``, ``openai`` and ``hf``. Every write is atomic: a temporary
+sibling is renamed into place, so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from jax_whisper.config import WhisperConfig
+from jax_whisper.formats.ctranslate2 import load_ct2_state
+from jax_whisper.formats.huggingface import _HF_WEIGHT_FILES, _save_hf, hf_config, load_hf_state
+from jax_whisper.formats.mapping import flax_to_numpy, flax_to_torch, num_params, torch_to_flax
+from jax_whisper.formats.native import _CONFIG_KEY, _load_flax, _save_flax, load_torch_state, training_checkpoint
+from jax_whisper.formats.openai import load_openai_state
+from jax_whisper.model import Whisper
+
+FORMATS = ("flax", "torch", "openai", "hf")  # what save_checkpoint writes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoint files
+
+_TORCH_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (zip) container
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # pre-1.6 torch.save: a pickled magic number
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Which checkpoint format ``path`` holds; ValueError naming the path when none fits.
+
+    One of ``flax``, ``flax-train``, ``torch``, ``openai``, ``hf``, ``ctranslate2``. ``flax-train`` is a training
+    checkpoint of ``jax_whisper.train`` (one step directory, or a run's output directory, which resolves to its
+    best checkpoint, else its latest).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    if p.is_dir():
+        if (p / "config.json").is_file() and (p / "state").is_dir():
+            return "flax"
+        if (p / "params").is_dir() and (p / "meta").is_dir():
+            return "flax-train"
+        if (p / "best").is_dir() or (p / "checkpoints").is_dir():
+            return "flax-train"
+        if (p / "model.bin").is_file():
+            return "ctranslate2"
+        if any((p / f).is_file() for f in _HF_WEIGHT_FILES):
+            return "hf"
+        if (p / "config.json").is_file():
+            raise ValueError(f"checkpoint {str(p)!r}: has config.json but no weights (expected one of "
+                             f"{', '.join(_HF_WEIGHT_FILES)} for Hugging Face, or model.bin for CTranslate2)")
+    elif p.suffix == ".safetensors":
+        return "torch"
+    elif p.name == "model.bin" and not _file_starts_with(p, _TORCH_ZIP_MAGIC):  # CTranslate2's, given directly
+        return "ctranslate2"
+    elif p.suffix in (".pt", ".pth") or _file_starts_with(p, _TORCH_ZIP_MAGIC, _TORCH_LEGACY_MAGIC):
+        return "openai"
+    raise ValueError(
+        f"checkpoint {str(p)!r}: not a recognised format (expected a Flax checkpoint directory with config.json "
+        f"and state/, a training run or checkpoint directory, a .safetensors file written by this project, an "
+        f"OpenAI Whisper .pt, a Hugging Face Whisper directory or a CTranslate2 directory with model.bin)"
+    )
+
+
+def _file_starts_with(path: Path, *prefixes: bytes) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(max(map(len, prefixes)))
+    return any(head.startswith(p) for p in prefixes)
+
+
+def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[WhisperConfig, Whisper]:
+    """Load any supported checkpoint (format recognised from the files) into the Flax model (eval mode).
+
+    Returns ``(cfg, model)``; parameters are float32 whatever the stored precision (fp16/bf16 widen exactly,
+    CTranslate2 int8/int16 are dequantised with their scales).
+    """
+    fmt = detect_format(path)
+    if fmt == "flax":
+        return _load_flax(Path(path), dtype)
+    if fmt == "flax-train":
+        step_dir = training_checkpoint(path)
+        meta = json.loads((step_dir / "meta" / "metadata").read_text())
+        return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
+    cfg, state_dict = load_state(path, fmt)
+    try:
+        return cfg, torch_to_flax(state_dict, cfg, dtype=dtype)
+    except ValueError as e:  # name the file: the message itself names each tensor (openai names)
+        raise ValueError(f"checkpoint {str(path)!r} ({fmt}): {e}") from e
+
+
+def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
+    """A ``torch``/``openai``/``hf``/``ctranslate2`` checkpoint as ``(cfg, openai-named numpy arrays)``.
+
+    Float arrays may keep a reduced stored precision (an OpenAI or HF fp16 checkpoint stays fp16; bf16 and
+    CTranslate2's quantised weights become float32); ``torch_to_flax`` and
+    ``TorchWhisper(cfg).load_state_dict({k: torch.from_numpy(v) ...})`` both widen them exactly.
+    """
+    fmt = fmt or detect_format(path)
+    readers = {"torch": load_torch_state, "openai": load_openai_state, "hf": load_hf_state,
+               "ctranslate2": load_ct2_state}
+    if fmt not in readers:
+        raise ValueError(f"checkpoint {str(path)!r} is a {fmt} checkpoint (Flax state): use load_checkpoint")
+    return readers[fmt](path)
+
+
+def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax") -> Path:
+    """Write ``model`` atomically in ``format``.
+
+    ``flax``: orbax directory; ``torch``: a ``.safetensors`` file; ``openai``: a ``.pt`` file that
+    ``whisper.load_model(path)`` loads; ``hf``: a directory that
+    ``transformers.WhisperForConditionalGeneration.from_pretrained(path)`` loads. Weights are float32.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose from {FORMATS}")
+    path = Path(path)
+    if format == "torch" and path.suffix != ".safetensors":
+        raise ValueError(f"torch checkpoints are .safetensors files, got {str(path)!r}")
+    if format == "hf":
+        hf_config(cfg)  # fail before writing anything if the config has no Hugging Face equivalent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        if format == "flax":
+            _save_flax(model, cfg, tmp / "ckpt")
+        elif format == "torch":
+            from safetensors.numpy import save_file
+
+            save_file(flax_to_numpy(model), str(tmp / "ckpt"), metadata={_CONFIG_KEY: cfg.to_json()})
+        elif format == "openai":
+            import torch
+
+            torch.save({"dims": cfg.dims(), "model_state_dict": flax_to_torch(model)}, tmp / "ckpt")
+        else:
+            _save_hf(model, cfg, tmp / "ckpt")
+        _replace(tmp / "ckpt", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` over ``dst``: a file atomically; a directory by renaming the old one aside first."""
+    if src.is_dir() and dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(src, dst)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model names from local caches
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path, or a model name found in a local cache; never downloads.
+
+    A name (``tiny.en``, ``large-v3``, or a Hugging Face repo id ``org/name``) is looked up as openai-whisper's
+    ``$XDG_CACHE_HOME/whisper/NAME.pt`` (default ``~/.cache/whisper``), then in the Hugging Face hub cache as
+    ``openai/whisper-NAME`` and ``Systran/faster-whisper-NAME`` (or the repo id). FileNotFoundError otherwise.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return p
+    name = str(name_or_path)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    candidates = [cache / "whisper" / f"{name}.pt"]
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", cache / "huggingface")) / "hub")
+    repos = [name] if "/" in name else [f"openai/whisper-{name}", f"Systran/faster-whisper-{name}"]
+    for repo in repos:
+        snapshots = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
+        ref = hub / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+        if ref.is_file():
+            candidates.append(snapshots / ref.read_text().strip())
+        candidates += sorted(snapshots.glob("*"), key=lambda s: s.stat().st_mtime, reverse=True)
+    for c in candidates:
+        if c.is_file() or (c.is_dir() and ((c / "model.bin").is_file()
+                                           or any((c / f).is_file() for f in _HF_WEIGHT_FILES))):
+            return c
+    looked = ", ".join(str(c) for c in candidates[:3])
+    raise FileNotFoundError(f"model {name!r}: no such path, and not in a local cache (looked for {looked}); "
+                            f"nothing is downloaded: pass a checkpoint path")
+
+
+__all__ = ["FORMATS", "detect_format", "flax_to_numpy", "flax_to_torch", "load_checkpoint", "load_state",
+           "num_params", "resolve_model", "save_checkpoint", "torch_to_flax", "training_checkpoint"]

@@ -1,0 +1,216 @@
+"""Hugging Face transformers Whisper directories (``config.json`` + ``model.safetensors`` [sharded or not] or
+``pytorch_model.bin``): the name mapping to openai names, the config translation both ways, the reader and the
+writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jax_whisper.config import WhisperConfig
+from jax_whisper.formats.mapping import _as_numpy, _config_from, flax_to_numpy
+from jax_whisper.model import Whisper, sinusoids
+
+_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+
+
+# Hugging Face transformers
+
+# inside `{encoder,decoder}.layers.N.` (HF) <-> inside `{encoder,decoder}.blocks.N.` (openai)
+_HF_BLOCK = {
+    "self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key", "self_attn.v_proj": "attn.value",
+    "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln",
+    "encoder_attn.q_proj": "cross_attn.query", "encoder_attn.k_proj": "cross_attn.key",
+    "encoder_attn.v_proj": "cross_attn.value", "encoder_attn.out_proj": "cross_attn.out",
+    "encoder_attn_layer_norm": "cross_attn_ln",
+    "fc1": "mlp.0", "fc2": "mlp.2", "final_layer_norm": "mlp_ln",
+}
+_HF_TOP = {
+    **{f"encoder.{c}.{p}": f"encoder.{c}.{p}" for c in ("conv1", "conv2") for p in ("weight", "bias")},
+    "encoder.embed_positions.weight": "encoder.positional_embedding",
+    "encoder.layer_norm.weight": "encoder.ln_post.weight", "encoder.layer_norm.bias": "encoder.ln_post.bias",
+    "decoder.embed_tokens.weight": "decoder.token_embedding.weight",
+    "decoder.embed_positions.weight": "decoder.positional_embedding",
+    "decoder.layer_norm.weight": "decoder.ln.weight", "decoder.layer_norm.bias": "decoder.ln.bias",
+}
+_HF_BLOCK_INV = {v: k for k, v in _HF_BLOCK.items()}
+_HF_TOP_INV = {v: k for k, v in _HF_TOP.items()}
+_HF_LAYER_RE = re.compile(r"(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)")
+_OPENAI_BLOCK_RE = re.compile(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def hf_to_openai_name(name: str) -> str | None:
+    """``model.encoder.layers.0.self_attn.k_proj.weight`` -> ``encoder.blocks.0.attn.key.weight``; None if the
+    name is not a Whisper weight (``proj_out.weight``, HF's tied copy of the token embedding, included)."""
+    name = name.removeprefix("model.")  # WhisperForConditionalGeneration nests WhisperModel under `model`
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    m = _HF_LAYER_RE.fullmatch(name)
+    if m and m[3] in _HF_BLOCK:
+        return f"{m[1]}.blocks.{m[2]}.{_HF_BLOCK[m[3]]}.{m[4]}"
+    return None
+
+
+def openai_to_hf_name(name: str) -> str:
+    """Inverse of ``hf_to_openai_name`` (with WhisperForConditionalGeneration's ``model.`` prefix)."""
+    if name in _HF_TOP_INV:
+        return "model." + _HF_TOP_INV[name]
+    m = _OPENAI_BLOCK_RE.fullmatch(name)
+    if not (m and m[3] in _HF_BLOCK_INV):
+        raise ValueError(f"tensor {name!r} has no Hugging Face name")
+    return f"model.{m[1]}.layers.{m[2]}.{_HF_BLOCK_INV[m[3]]}.{m[4]}"
+
+
+def config_from_hf(hf: Mapping[str, Any], source: str | os.PathLike = "config.json") -> WhisperConfig:
+    """WhisperConfig of a transformers ``WhisperConfig`` dict; ValueError for what this model cannot compute."""
+    if hf.get("model_type") != "whisper":
+        raise ValueError(f"{str(source)!r}: model_type is {hf.get('model_type')!r}, expected 'whisper'")
+    try:
+        d = hf["d_model"]
+        dims = dict(n_mels=hf["num_mel_bins"], n_audio_ctx=hf["max_source_positions"], n_audio_state=d,
+                    n_audio_head=hf["encoder_attention_heads"], n_audio_layer=hf["encoder_layers"],
+                    n_vocab=hf["vocab_size"], n_text_ctx=hf["max_target_positions"], n_text_state=d,
+                    n_text_head=hf["decoder_attention_heads"], n_text_layer=hf["decoder_layers"])
+    except KeyError as e:
+        raise ValueError(f"{str(source)!r}: Whisper config has no {e.args[0]!r}") from None
+    # Whisper proper has a 4x MLP, exact GELU and unscaled embeddings; other settings would load but compute
+    # something else, so refuse them
+    for key in ("encoder_ffn_dim", "decoder_ffn_dim"):
+        if hf.get(key, 4 * d) != 4 * d:
+            raise ValueError(f"{str(source)!r}: {key}={hf[key]}, but this model's MLP width is 4 * d_model = {4 * d}")
+    if hf.get("activation_function", "gelu") != "gelu":
+        raise ValueError(f"{str(source)!r}: activation_function={hf['activation_function']!r}, expected 'gelu'")
+    if hf.get("scale_embedding", False):
+        raise ValueError(f"{str(source)!r}: scale_embedding=true is not Whisper's (unscaled) embedding")
+    return _config_from(Path(source), dims)
+
+
+def special_token_ids(cfg: WhisperConfig) -> dict[str, int]:
+    """``<|endoftext|>`` and ``<|startoftranscript|>`` ids of the vocabulary ``cfg.n_vocab`` implies.
+
+    English-only (51864) and the seed vocabulary (50262 = GPT-2 + 5 specials) end text with 50256 and start a
+    transcript with 50257; the multilingual ones (51865, large-v3's 51866) insert one more token: 50257/50258.
+    """
+    eot = 50257 if cfg.is_multilingual else 50256
+    return {"eot": eot, "sot": eot + 1}
+
+
+def hf_config(cfg: WhisperConfig) -> dict[str, Any]:
+    """config.json of the transformers WhisperForConditionalGeneration equivalent to ``cfg``."""
+    if cfg.n_audio_state != cfg.n_text_state:
+        raise ValueError(f"Hugging Face Whisper has one d_model; n_audio_state={cfg.n_audio_state} != "
+                         f"n_text_state={cfg.n_text_state}")
+    d = cfg.n_audio_state
+    ids = special_token_ids(cfg)
+    # openai checkpoints on the hub use <|endoftext|> as bos, eos and pad, and start decoding at <|startoftranscript|>
+    tokens = {"bos_token_id": ids["eot"], "eos_token_id": ids["eot"], "pad_token_id": ids["eot"],
+              "decoder_start_token_id": ids["sot"], "begin_suppress_tokens": [220, ids["eot"]]}
+    if ids["sot"] >= cfg.n_vocab:  # a custom vocabulary without Whisper's special tokens: leave them unset
+        tokens = {k: None for k in tokens}
+    return {
+        "architectures": ["WhisperForConditionalGeneration"],
+        "model_type": "whisper",
+        "is_encoder_decoder": True,
+        "vocab_size": cfg.n_vocab,
+        "num_mel_bins": cfg.n_mels,
+        "d_model": d,
+        "encoder_layers": cfg.n_audio_layer,
+        "encoder_attention_heads": cfg.n_audio_head,
+        "decoder_layers": cfg.n_text_layer,
+        "decoder_attention_heads": cfg.n_text_head,
+        "encoder_ffn_dim": 4 * d,
+        "decoder_ffn_dim": 4 * d,
+        "max_source_positions": cfg.n_audio_ctx,
+        "max_target_positions": cfg.n_text_ctx,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+        "tie_word_embeddings": True,
+        "dropout": cfg.dropout,
+        "attention_dropout": cfg.attn_dropout,
+        "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0,
+        "init_std": 0.02,
+        "use_cache": True,
+        "dtype": "float32",
+        **tokens,
+    }
+
+
+def load_hf_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
+    """A transformers Whisper directory (``save_pretrained``): config.json + safetensors (sharded or not) or
+    pytorch_model.bin, HF names mapped to openai's."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"Hugging Face checkpoint {str(path)!r} has no config.json")
+    cfg = config_from_hf(json.loads(config_file.read_text()), config_file)
+    tensors = _read_hf_weights(path)
+    state, unknown = {}, []
+    for k, v in tensors.items():
+        name = hf_to_openai_name(k)
+        if name is None:
+            unknown.append(k)
+        else:
+            state[name] = v
+    if "proj_out.weight" in unknown:  # the output projection is tied to the token embedding: same values
+        unknown.remove("proj_out.weight")
+        if not np.array_equal(tensors["proj_out.weight"], state.get("decoder.token_embedding.weight")):
+            raise ValueError(f"checkpoint {str(path)!r}: proj_out.weight differs from the token embedding; "
+                             f"Whisper ties them and so does this model")
+    if unknown:
+        raise ValueError(f"checkpoint {str(path)!r}: tensors that are not Whisper weights: {sorted(unknown)[:8]}")
+    if "encoder.positional_embedding" not in state:  # fixed sinusoids, which some exports leave out
+        state["encoder.positional_embedding"] = np.asarray(sinusoids(cfg.n_audio_ctx, cfg.n_audio_state))
+    return cfg, state
+
+
+def _read_hf_weights(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    index = {"safetensors": path / "model.safetensors.index.json", "bin": path / "pytorch_model.bin.index.json"}
+    if (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    elif index["safetensors"].is_file():
+        files = sorted({path / f for f in json.loads(index["safetensors"].read_text())["weight_map"].values()})
+    elif (path / "pytorch_model.bin").is_file():
+        files = [path / "pytorch_model.bin"]
+    elif index["bin"].is_file():
+        files = sorted({path / f for f in json.loads(index["bin"].read_text())["weight_map"].values()})
+    else:
+        raise ValueError(f"Hugging Face checkpoint {str(path)!r} has no weights (expected one of "
+                         f"{', '.join(_HF_WEIGHT_FILES)})")
+    tensors = {}
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"checkpoint {str(path)!r}: shard {f.name!r} named by the index is missing")
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as st:  # "pt", not "numpy": numpy cannot hold bf16 weights
+                tensors.update({k: _as_numpy(k, st.get_tensor(k)) for k in st.keys()})
+        else:
+            try:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"checkpoint file {str(f)!r}: not a readable torch file ({e})") from e
+            tensors.update({k: _as_numpy(k, v) for k, v in sd.items()})
+    return tensors
+
+
+def _save_hf(model: Whisper, cfg: WhisperConfig, path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path.mkdir()
+    # proj_out.weight is left out: transformers ties it to the token embedding, as save_pretrained does
+    tensors = {openai_to_hf_name(k): v for k, v in flax_to_numpy(model).items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})  # transformers checks "format"
+    (path / "config.json").write_text(json.dumps(hf_config(cfg), indent=2, sort_keys=True) + "\n")

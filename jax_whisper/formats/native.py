@@ -1,0 +1,77 @@
+"""This project's own checkpoint formats: ``flax``, an orbax directory (``config.json`` + ``state/``), training
+runs and their step directories (``flax-train``), and ``torch``, a ``.safetensors`` file under openai names with
+the config in its metadata. Choosing a format and atomic replacement are :mod:`jax_whisper.convert`'s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jax_whisper.config import WhisperConfig
+from jax_whisper.formats.mapping import _concrete_rng_state
+from jax_whisper.model import Buffer, Whisper
+
+_CONFIG_KEY = "jax_whisper_config"  # safetensors metadata key holding the WhisperConfig as JSON
+
+
+def training_checkpoint(path: str | os.PathLike) -> Path:
+    """The step directory a ``flax-train`` path means: itself, or a run's best (else latest) checkpoint."""
+    p = Path(path)
+    if (p / "params").is_dir():
+        return p
+    for sub in ("best", "checkpoints"):
+        # orbax renames a finished step into place: in-progress ones carry a tmp suffix and are not digits
+        steps = sorted((int(d.name) for d in (p / sub).glob("*") if d.name.isdigit()), reverse=True)
+        if steps:
+            return p / sub / str(steps[0])
+    raise FileNotFoundError(f"training run {str(p)!r} holds no finished checkpoint in best/ or checkpoints/")
+
+
+def load_torch_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
+    """Read a ``torch``-format checkpoint (safetensors, config in the metadata) as numpy arrays."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        if _CONFIG_KEY not in meta:
+            raise ValueError(f"checkpoint {str(path)!r}: safetensors metadata has no {_CONFIG_KEY!r} entry (not "
+                             f"written by this project; for a Hugging Face model pass its directory)")
+        cfg = WhisperConfig.from_json(meta[_CONFIG_KEY])
+        return cfg, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _save_flax(model: Whisper, cfg: WhisperConfig, path: Path) -> None:
+    import orbax.checkpoint as ocp
+
+    path.mkdir()
+    (path / "config.json").write_text(cfg.to_json())
+    weights = nnx.to_pure_dict(nnx.state(model, (nnx.Param, Buffer)))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save((path / "state").absolute(), weights)
+
+
+def _load_flax(path: Path, dtype, *, cfg: WhisperConfig | None = None, state: str = "state"
+               ) -> tuple[WhisperConfig, Whisper]:
+    import orbax.checkpoint as ocp
+
+    cfg = cfg or WhisperConfig.from_json((path / "config.json").read_text())
+    abstract = nnx.eval_shape(lambda: Whisper(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphdef, weights, rest = nnx.split(abstract, (nnx.Param, Buffer), ...)
+    # whole on one device, however the writer had it laid out (a sharded training run's checkpoint included)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), nnx.to_pure_dict(weights))
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore((path / state).absolute(), target)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {str(path)!r} does not fit its config {cfg}: {e}") from e
+    nnx.replace_by_pure_dict(weights, restored)
+    model = nnx.merge(graphdef, weights, _concrete_rng_state(rest, 0))
+    model.eval()
+    return cfg, model
