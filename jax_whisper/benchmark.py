@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from jax_whisper.config import TrainConfig, WhisperConfig
-from jax_whisper.data import HOP_LENGTH
 from jax_whisper.datasets import SAMPLE_RATE, read_audio_file
+from jax_whisper.pipeline import HOP_LENGTH
 from jax_whisper.runtime import keep_freed_memory, wide_cpu_vectors
 
 TRAIN = ("flax", "torch", "torch_compile")
@@ -115,7 +115,7 @@ class Options:
 
 
 def train_batch(batch_size: int, frames: int, tokens: int, n_vocab: int, seed: int = 0) -> dict:
-    """One fixed batch in :meth:`jax_whisper.data.Plan.collate`'s format: noise audio filling ``frames`` mel
+    """One fixed batch in :meth:`jax_whisper.pipeline.Plan.collate`'s format: noise audio filling ``frames`` mel
     frames in every row, ``tokens`` random text tokens whose every position is a target (no padding)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, min(n_vocab, 50256), (batch_size, tokens), dtype=np.int32)  # text ids, below eot

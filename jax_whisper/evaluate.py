@@ -5,7 +5,7 @@
   shape compiles once and the loop stops as soon as every row has emitted ``eot``.
 * :func:`decode_texts` turns its output into strings.
 * :func:`jax_whisper.scoring.word_error_rate` (re-exported here) scores hypotheses against references.
-* :func:`transcribe_batches` runs the three over the data pipeline's batches (``jax_whisper.data``'s format).
+* :func:`transcribe_batches` runs the three over the data pipeline's batches (``jax_whisper.pipeline``'s format).
 
 The model must be in eval mode (``model.eval()``): dropout would make decoding random, and its RNG cannot
 advance inside the decoding loop. :func:`greedy_decode` raises if it finds active dropout.
@@ -137,8 +137,8 @@ def evaluate_checkpoint(checkpoint, dataset: str, split: str = "test", *, cache_
     and ``rows`` (id, reference, hypothesis) in dataset order within each bucket.
     """
     from jax_whisper.convert import load_checkpoint
-    from jax_whisper.data import HOP_LENGTH, Plan, iterate_eval, quantile_buckets
     from jax_whisper.datasets import SAMPLE_RATE, open_dataset
+    from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, quantile_buckets
     from jax_whisper.tokenizer import get_tokenizer
 
     cfg, model = load_checkpoint(checkpoint)

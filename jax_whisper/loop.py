@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jax_whisper.config import TrainConfig
-from jax_whisper.data import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.pipeline import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
 from jax_whisper.runlog import MetricsLog, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer

@@ -3,7 +3,7 @@ the training loop behind ``scripts/train_flax.py``.
 
 ``torch_reference/train.py`` mirrors the losses, optimizer and loop for the PyTorch reference; the parity suite
 checks that both compute the same loss, gradients and parameter updates. The input pipeline lives in
-:mod:`jax_whisper.data`, evaluation (greedy decoding, WER) in :mod:`jax_whisper.evaluate`.
+:mod:`jax_whisper.pipeline`, evaluation (greedy decoding, WER) in :mod:`jax_whisper.evaluate`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from jax_whisper import parallel
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
-from jax_whisper.data import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
+from jax_whisper.pipeline import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.scoring import by_group
 from jax_whisper.tokenizer import CTC_CHARS, ctc_decode
 
@@ -311,7 +311,7 @@ def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels
 
 train_step = nnx.jit(_train_step, static_argnames=("n_mels", "label_smoothing", "ctc_weight", "grad_accum"),
                      donate_argnames=("tm", "optimizer"))
-train_step.__doc__ = """One optimizer step (jitted). ``batch``: the array part of a :mod:`jax_whisper.data` batch.
+train_step.__doc__ = """One optimizer step (jitted). ``batch``: the array part of a :mod:`jax_whisper.pipeline` batch.
 Under ``jax.set_mesh(mesh)`` with state and batch placed by :mod:`jax_whisper.parallel`, the step runs sharded
 and the new state keeps its layout. The model's and optimizer's arrays are donated: updated in place, so the
 arrays held before the call are invalid after it (copy what you want to keep, e.g. ``jax.tree.map(np.asarray,

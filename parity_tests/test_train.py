@@ -1,6 +1,6 @@
 """The two trainers, step for step: PyTorch reference (torch_reference/train.py) vs Flax (jax_whisper/train.py).
 
-From identical initial weights, on identical pipeline batches (one :class:`jax_whisper.data.Plan` over a small
+From identical initial weights, on identical pipeline batches (one :class:`jax_whisper.pipeline.Plan` over a small
 synthetic eSpeak corpus), with dropout off and both losses on (label-smoothed token cross-entropy + CTC), every
 step's loss, token cross-entropy and CTC loss must agree within 1e-3 relative over 20 AdamW steps (warmup, peak,
 cosine decay). Plus: gradient accumulation is exact, and the torch CTC per-sequence loss is optax's.
@@ -21,8 +21,8 @@ from flax import nnx
 from jax_whisper import train as jtrain
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import flax_to_torch, torch_to_flax
-from jax_whisper.data import Plan, quantile_buckets
 from jax_whisper.datasets import SAMPLE_RATE, open_dataset
+from jax_whisper.pipeline import Plan, quantile_buckets
 from jax_whisper.tokenizer import CTC_CHARS, get_tokenizer
 from parity_tests.helpers import check_close
 from torch_reference import train as ttrain

@@ -138,7 +138,7 @@ def test_speech_audio_is_exactly_the_requested_length(corpus, tmp_path):
 
 
 def test_train_batch_format():
-    from jax_whisper.data import ARRAY_KEYS
+    from jax_whisper.pipeline import ARRAY_KEYS
 
     b = B.train_batch(3, 100, 16, 50262)
     assert set(b) == set(ARRAY_KEYS)

@@ -90,8 +90,8 @@ def _steps_worker(cache_dir: str, out: str, seed: int) -> dict:
     from flax import nnx
 
     from jax_whisper import train as T
-    from jax_whisper.data import Plan, quantile_buckets
     from jax_whisper.datasets import open_dataset
+    from jax_whisper.pipeline import Plan, quantile_buckets
     from jax_whisper.tokenizer import get_tokenizer
 
     assert jax.device_count() == 4, jax.devices()

@@ -24,8 +24,8 @@ from jax_whisper import train as train_mod
 from jax_whisper.benchmark import train_batch
 from jax_whisper.config import TrainConfig
 from jax_whisper.convert import flax_to_numpy, load_checkpoint, training_checkpoint
-from jax_whisper.data import Plan, quantile_buckets
 from jax_whisper.datasets import open_dataset
+from jax_whisper.pipeline import Plan, quantile_buckets
 from jax_whisper.tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

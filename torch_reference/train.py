@@ -1,6 +1,6 @@
 """Training Whisper in PyTorch, the reference for ``jax_whisper/train.py``: the same losses (token cross-entropy,
 optional auxiliary CTC), optimizer (AdamW after global-norm clipping, warmup + cosine), step, checkpoints and
-training loop, over the same input pipeline (:mod:`jax_whisper.data`), so the two trainers can be compared
+training loop, over the same input pipeline (:mod:`jax_whisper.pipeline`), so the two trainers can be compared
 step for step. Names and order mirror the Flax module. Never imports jax.
 """
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jax_whisper.config import TrainConfig, WhisperConfig
-from jax_whisper.data import ARRAY_KEYS, Plan, iterate_eval
 from jax_whisper.loop import fit
+from jax_whisper.pipeline import ARRAY_KEYS, Plan, iterate_eval
 from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS, ctc_decode
 from torch_reference.audio import HOP_LENGTH, log_mel_spectrogram
 from torch_reference.model import Whisper

@@ -1,4 +1,4 @@
-"""The input pipeline (jax_whisper.data): bucketing, per-epoch shuffles, curriculum, sharding, evaluation batches,
+"""The input pipeline (jax_whisper.pipeline): bucketing, per-epoch shuffles, curriculum, sharding, evaluation batches,
 collation, drops, and the grain iterator's checkpointable state. Runs on an in-memory source (no files)."""
 
 from __future__ import annotations
@@ -8,8 +8,16 @@ import collections
 import numpy as np
 import pytest
 
-from jax_whisper.data import HOP_LENGTH, Plan, eval_dataset, frames_of, make_iterator, quantile_buckets, train_dataset
 from jax_whisper.datasets import SAMPLE_RATE, ItemMeta, Source
+from jax_whisper.pipeline import (
+    HOP_LENGTH,
+    Plan,
+    eval_dataset,
+    frames_of,
+    make_iterator,
+    quantile_buckets,
+    train_dataset,
+)
 from jax_whisper.tokenizer import CTC_CHARS, IGNORE_ID, ctc_decode, ctc_encode, get_tokenizer
 
 TOK = get_tokenizer("seed")
