@@ -201,7 +201,8 @@ class TrainConfig:
     num_processes: int | None = field(default=None, metadata={"help": "processes in the run (with --coordinator)"})
     process_id: int | None = field(default=None, metadata={"help": "this process, 0..num_processes-1"})
     # evaluation, logging, checkpoints
-    eval_every: int = field(default=1000, metadata={"help": "also validate every N steps (0: once per epoch)"})
+    eval_every: int = field(default=1000, metadata={"help": "validate every N steps and at the last (0: at the end "
+                                                            "of every epoch)"})
     eval_batch_size: int = 64
     log_every: int = 10
     checkpoint_every: int = 1000

@@ -14,8 +14,11 @@ Full Whisper decoding (timestamps, beam search, temperature fallback) is :mod:`j
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,35 +129,63 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
 # ==========================================================================================================
 
 
-def evaluate_checkpoint(checkpoint, dataset: str, split: str = "test", *, cache_dir=None, batch_size: int = 32,
-                        n_buckets: int = 5, full_window: bool | None = None, scoring: str | None = None,
-                        dataset_kw: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> dict:
+def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "test", *, cache_dir=None,
+                        batch_size: int | None = None, n_buckets: int = 5, full_window: bool | None = None,
+                        scoring: str | None = None, dataset_kw: Mapping[str, Any] | None = None,
+                        log: Callable[[str], None] = print) -> dict:
     """Greedy-decode every utterance of ``dataset``/``split`` with the model at ``checkpoint`` and score it.
 
-    Audio is padded to length buckets (as in training) unless ``full_window`` (default: for models with
-    OpenAI's 30 s window, which they were trained on exclusively). ``scoring`` defaults to ``"gigaspeech"``
-    for GigaSpeech, else ``"whisper"``. Returns ``wer`` and the counts of :func:`word_error_rate`, the drops,
-    and ``rows`` (id, reference, hypothesis) in dataset order within each bucket.
+    A training checkpoint (a run directory: its best checkpoint) evaluated on its own dataset (``dataset`` None or
+    the run's) uses the run's own evaluation plan: its corpus, its length buckets and evaluation batch size, so the
+    scores equal those the run logged. Otherwise audio is padded to length buckets at the split's duration
+    quantiles unless ``full_window`` (default: for models with OpenAI's 30 s window, which they were trained on
+    exclusively); ``dataset`` defaults to ``synthetic``. ``scoring`` defaults to ``"gigaspeech"`` for GigaSpeech,
+    else ``"whisper"``. Returns ``wer`` and the counts of :func:`word_error_rate`, ``wer_<group>`` for each scoring
+    group (the synthetic corpus's ``heldout_voices`` / ``train_voices``), the drops, ``checkpoint`` (the one
+    evaluated) and ``rows`` (id, reference, hypothesis) in dataset order within each bucket.
     """
-    from jax_whisper.convert import load_checkpoint
+    from jax_whisper.config import TrainConfig
+    from jax_whisper.convert import detect_format, load_checkpoint, training_checkpoint
     from jax_whisper.datasets import SAMPLE_RATE, open_dataset
-    from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, quantile_buckets
+    from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, open_splits, quantile_buckets, run_plans
+    from jax_whisper.scoring import by_group
     from jax_whisper.tokenizer import get_tokenizer
 
     cfg, model = load_checkpoint(checkpoint)
     tokenizer = get_tokenizer(cfg)
+    run = None
+    if detect_format(checkpoint) == "flax-train":
+        checkpoint = training_checkpoint(checkpoint)
+        meta = json.loads((Path(checkpoint) / "meta" / "metadata").read_text())
+        run = TrainConfig.from_dict(meta["train_config"])
+        if dataset not in (None, run.dataset):
+            run = None
+    dataset = dataset or (run.dataset if run else "synthetic")
     scoring = scoring or scoring_for(dataset)
-    source = open_dataset(dataset, split, cache_dir=cache_dir, max_seconds=cfg.n_frames * HOP_LENGTH / SAMPLE_RATE,
-                          **dict(dataset_kw or {}))
-    if full_window is None:
-        full_window = cfg.n_audio_ctx == 1500
-    buckets = (cfg.n_frames,) if full_window else quantile_buckets(source.durations(), cfg.n_frames, n_buckets)
-    plan = Plan(source, tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=batch_size)
+    if run is not None and full_window is None:
+        run = dataclasses.replace(run, cache_dir=cache_dir or run.cache_dir, progress=False,
+                                  eval_batch_size=batch_size or run.eval_batch_size)
+        sources = open_splits(run, cfg)
+        split = {"dev": "validation", "val": "validation", "valid": "validation"}.get(split, split)
+        if split not in sources:
+            raise ValueError(f"split {split!r}: a training run's dataset has the splits {sorted(sources)}")
+        plan, source = run_plans(run, cfg, tokenizer, sources)[split], sources[split]
+        log(f"{source.name}: the run's evaluation plan (buckets {plan.buckets}, batch {run.eval_batch_size})")
+    else:
+        source = open_dataset(dataset, split, cache_dir=cache_dir,
+                              max_seconds=cfg.n_frames * HOP_LENGTH / SAMPLE_RATE, **dict(dataset_kw or {}))
+        if full_window is None:
+            full_window = cfg.n_audio_ctx == 1500
+        buckets = (cfg.n_frames,) if full_window else quantile_buckets(source.durations(), cfg.n_frames, n_buckets)
+        plan = Plan(source, tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=batch_size or 32)
     log(f"{source.name}: {len(plan)} utterances (planning dropped {plan.stats.as_dict()}, "
         f"source dropped {source.stats.as_dict()})")
     rows = transcribe_batches(model, cfg, tokenizer, iterate_eval(plan))
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
-    return {**wer, "scoring": scoring, "dropped": {**source.stats.as_dict(), **plan.stats.as_dict()}, "rows": rows}
+    groups = {f"wer_{g}": word_error_rate(refs, hyps, scoring=scoring)["wer"]
+              for g, (refs, hyps) in by_group(rows, plan.groups()).items()}
+    return {**wer, **groups, "scoring": scoring, "checkpoint": str(checkpoint),
+            "dropped": {**source.stats.as_dict(), **plan.stats.as_dict()}, "rows": rows}
 
 
 __all__ = ["SCORINGS", "decode_texts", "evaluate_checkpoint", "greedy_decode", "transcribe_batches",

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jax_whisper.config import TrainConfig
-from jax_whisper.pipeline import Plan, make_iterator, open_splits, quantile_buckets, train_dataset
+from jax_whisper.pipeline import make_iterator, open_splits, run_plans, train_dataset
 from jax_whisper.runlog import MetricsLog, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
@@ -61,11 +61,8 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     sources = open_splits(tc, cfg)
     for split, src in sources.items():
         log(f"{split}: {len(src)} utterances from {src.name} (dropped: {src.stats.as_dict()})")
-    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
-    plan = Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets, batch_size=tc.batch_size,
-                seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)
-    evals = {s: Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
-                     batch_size=tc.eval_batch_size, **shard) for s in ("validation", "test")}
+    plans = run_plans(tc, cfg, tokenizer, sources, **shard)
+    plan, evals = plans["train"], {s: plans[s] for s in ("validation", "test")}
     for name, p in (("train", plan), *evals.items()):
         log(f"{name}: planned {p.stats.as_dict()}")
     total_steps = tc.max_steps or tc.epochs * plan.steps_per_epoch
@@ -161,7 +158,8 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
             if bar is not None:
                 bar.update(1)
             epoch_end = step % plan.steps_per_epoch == 0
-            if epoch_end or (tc.eval_every and step % tc.eval_every == 0) or step == total_steps:
+            periodic = step % tc.eval_every == 0 if tc.eval_every else epoch_end
+            if periodic or step == total_steps:
                 validate(step)
             if step % tc.checkpoint_every == 0 or epoch_end or step == total_steps or step == stop_after:
                 backend.save(step, meta(step))

@@ -240,6 +240,21 @@ def open_splits(tc: TrainConfig, cfg: WhisperConfig) -> dict:
             for split, name in names.items()}
 
 
+def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources: dict, *, shard_index: int = 0,
+              shard_count: int = 1) -> dict[str, Plan]:
+    """A training run's plans, ``train`` / ``validation`` / ``test``: every split bucketed at the training set's
+    duration quantiles, evaluation in ``tc.eval_batch_size`` batches. Evaluating a run's checkpoint afterwards
+    with these very plans reproduces the run's own scores (padding changes greedy transcripts)."""
+    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
+    shard = dict(shard_index=shard_index, shard_count=shard_count)
+    plans = {"train": Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+                           batch_size=tc.batch_size, seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)}
+    for s in ("validation", "test"):
+        plans[s] = Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+                        batch_size=tc.eval_batch_size, **shard)
+    return plans
+
+
 def _round_up(n: int, multiple: int, cap: int | None = None) -> int:
     n = -(-n // multiple) * multiple
     return n if cap is None else min(n, cap)

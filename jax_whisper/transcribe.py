@@ -68,8 +68,9 @@ class _Stream:
     """One file's position and output in the window loop (the body of openai-whisper's ``transcribe``)."""
 
     def __init__(self, mel: np.ndarray, content_frames: int, n_frames: int, tokenizer: Tokenizer,
-                 language: str | None, initial_prompt_tokens: list[int]):
+                 language: str | None, initial_prompt_tokens: list[int], pad_with_silence: bool = False):
         self.mel, self.content_frames, self.n_frames = mel, content_frames, n_frames
+        self.pad_with_silence = pad_with_silence
         self.tokenizer, self.language = tokenizer, language
         self.seek = 0
         self.n_initial = len(initial_prompt_tokens)
@@ -82,10 +83,16 @@ class _Stream:
         return self.seek >= self.content_frames
 
     def window(self) -> tuple[np.ndarray, list[int], int]:
-        """(mel window zero-padded to the full width, prompt tokens, frames of real content)."""
+        """(mel window zero-padded to the full width, prompt tokens, frames of real content).
+
+        openai-whisper pads a short window with zeros in the log-mel domain; with ``pad_with_silence`` the window
+        is padded as training pads a batch, with the log-mel of silence (``_mel`` appended a window of it)."""
         size = min(self.n_frames, self.content_frames - self.seek)
-        mel = np.zeros((self.mel.shape[0], self.n_frames), np.float32)
-        mel[:, :size] = self.mel[:, self.seek: self.seek + size]
+        if self.pad_with_silence:
+            mel = self.mel[:, self.seek: self.seek + self.n_frames].copy()
+        else:
+            mel = np.zeros((self.mel.shape[0], self.n_frames), np.float32)
+            mel[:, :size] = self.mel[:, self.seek: self.seek + size]
         return mel, self.all_tokens[self.prompt_reset_since:], size
 
     def advance(self, result: DecodingResult, size: int, s: _Settings) -> None:
@@ -197,7 +204,10 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     """Transcribe many files (paths or 16 kHz mono float arrays), ``batch_size`` of them in lockstep.
 
     Yields, in input order, each file's :func:`transcribe` result, or the exception that loading it raised
-    (unreadable, empty or corrupt files), so one bad file does not stop the others.
+    (unreadable, empty or corrupt files), so one bad file does not stop the others. A model of the seed
+    vocabulary (no timestamp tokens; trained from scratch here) decodes as it was trained: with
+    ``<|notimestamps|>``, without previous-text prompts, window after window, a short window padded with the
+    log-mel of silence (as the training batches are), not with openai-whisper's zeros.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -207,6 +217,10 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     english_only = not cfg.is_multilingual
     if english_only and language is not None and normalize_language(language) != "en":
         raise ValueError(f"this model is English-only; got language {language!r}")
+    base = get_tokenizer(cfg, task=task if cfg.is_multilingual else None)
+    trained_here = base.timestamp_begin is None  # the seed vocabulary: <|notimestamps|> prompts, no previous text
+    if trained_here:
+        without_timestamps, condition_on_previous_text = True, False
     settings = _Settings(
         decode=DecodingOptions(task=task, language=None if english_only else language, sample_len=sample_len,
                                beam_size=beam_size, patience=patience,
@@ -221,7 +235,6 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
                             best_of=best_of)
     if any(t < 0 for t in temperatures):
         raise ValueError(f"temperatures must be >= 0, got {temperatures}")
-    base = get_tokenizer(cfg, task=task if cfg.is_multilingual else None)
     window = cfg.n_frames
     key = jax.random.key(seed)
 
@@ -248,7 +261,8 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
             lang = None if english_only else language
             tok = dataclasses.replace(base, language=lang or "en") if not english_only else base
             prompt = tok.encode(" " + initial_prompt.strip()) if initial_prompt else []
-            fresh.append((index, _Stream(mel, frames, window, tok, "en" if english_only else lang, prompt)))
+            fresh.append((index, _Stream(mel, frames, window, tok, "en" if english_only else lang, prompt,
+                                         pad_with_silence=trained_here)))
         if fresh and not english_only and language is None:
             # openai-whisper detects the language on the first 30 s of the padded log-mel (silence, not zeros)
             first = np.stack([st.mel[:, :window] for _, st in fresh])

@@ -18,11 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--dataset", default=None,
+                        help="default: a training run's own dataset (and its evaluation plan), else synthetic")
     parser.add_argument("--split", default="test")
     parser.add_argument("--subset", default=None, help="GigaSpeech subset")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: a training run's evaluation batch size, else 32")
     parser.add_argument("--scoring", choices=["whisper", "gigaspeech", "none"], default=None,
                         help="text normalisation (default: gigaspeech for GigaSpeech, else whisper)")
     parser.add_argument("--full-window", action=argparse.BooleanOptionalAction, default=None,
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
         write_json_atomic(args.json, r)
     print(f"{r['n']} utterances, {r['words']} words: {r['substitutions']} substitutions, {r['deletions']} "
           f"deletions, {r['insertions']} insertions ({r['scoring']} scoring)")
+    groups = [f"{k[4:].replace('_', ' ')} {v:.1f}%" for k, v in r.items() if k.startswith("wer_")]
+    if groups:
+        print("WER of " + ", ".join(groups))
     print(f"WER: {r['wer']:.1f}%")
     return 0
 

@@ -79,6 +79,75 @@ def test_run_writes_results_metrics_and_checkpoints(trained_run):
     assert training_checkpoint(out) == out / "best" / str(results["best_step"])
 
 
+def test_run_reports_each_voice_group_and_draws_its_curves(trained_run):
+    out, results, lines = trained_run
+    for split, last in (("test", results), ("val", results["history"][-1])):
+        for group in ("heldout_voices", "train_voices"):
+            assert last[f"{split}_wer_{group}"] >= 0
+    assert lines[-2].startswith("test WER of held-out voices ") and "the CTC head alone" in lines[-2]
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_evaluating_a_runs_checkpoint_reproduces_its_scores(trained_run):
+    """scripts/evaluate.py's function on the run's checkpoints: the run's own plan (corpus, buckets, batch size), so
+    the very WERs the run logged: the last validation with the last checkpoint, the test with the best one."""
+    from jax_whisper.evaluate import evaluate_checkpoint
+
+    out, results, _ = trained_run
+    last = results["history"][-1]
+    val = evaluate_checkpoint(out / "checkpoints" / str(last["step"]), split="validation", log=lambda _: None)
+    assert val["wer"] == last["val_wer"]
+    assert any(r["hypothesis"] for r in val["rows"])  # not the trivial 100 % of empty transcripts
+    test = evaluate_checkpoint(out, log=lambda _: None)  # a run directory: its best checkpoint, the test split
+    assert test["checkpoint"] == str(out / "best" / str(results["best_step"]))
+    assert test["wer"] == results["test_wer"]
+    assert test["wer_heldout_voices"] == results["test_wer_heldout_voices"]
+    assert test["wer_train_voices"] == results["test_wer_train_voices"]
+
+
+def test_a_runs_directory_is_a_model_for_transcribe_and_openai_whisper(trained_run, cache_dir, tmp_path, capsys):
+    """A run directory serves as the model at once: scripts/transcribe.py (5 s window, the seed tokenizer, decoded
+    as trained: <|notimestamps|> prompt, silence padding) and, converted, openai-whisper's load_model."""
+    import importlib.util
+
+    import soundfile as sf
+    import torch
+    import whisper
+
+    from jax_whisper.audio import log_mel_spectrogram
+    from jax_whisper.decoding import DecodingOptions, decode
+    from jax_whisper.transcribe import transcribe
+
+    def cli(name):
+        spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    out, _, _ = trained_run
+    cfg, jm = load_checkpoint(out)
+    audio = open_dataset("synthetic", "test", cache_dir=cache_dir, **CORPUS)[0]["audio"]
+    sf.write(tmp_path / "u.wav", audio, 16000)
+    assert cli("transcribe")(["--model", str(out), "--json", str(tmp_path / "u.wav")]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["text"] == transcribe(jm, cfg, audio)["text"]
+    window = np.pad(audio, (0, cfg.n_frames * 160 - audio.size))  # silence to the window, as training pads
+    mel = np.asarray(log_mel_spectrogram(window[None], n_mels=cfg.n_mels))[0]
+    want = decode(jm, mel, DecodingOptions(language="en", without_timestamps=True)).text
+    assert transcribe(jm, cfg, audio)["text"].strip() == want.strip()
+
+    assert cli("convert")([str(out), str(tmp_path / "m.pt"), "--to", "openai"]) == 0
+    om = whisper.load_model(str(tmp_path / "m.pt"), device="cpu")
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((2, cfg.n_mels, cfg.n_frames)).astype(np.float32)
+    tokens = rng.integers(0, cfg.n_vocab, (2, 7))
+    with torch.no_grad():
+        theirs = om(torch.from_numpy(mel), torch.from_numpy(tokens)).numpy()
+    ours = np.asarray(jm(mel, tokens))
+    assert np.abs(ours - theirs).max() <= 5e-5 * max(1.0, np.abs(theirs).max())
+
+
 def test_loss_falls(trained_run):
     out, results, _ = trained_run
     losses = [json.loads(x)["ce"] for x in (out / "metrics.jsonl").read_text().splitlines()
