@@ -175,7 +175,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 16
     epochs: int = 2
-    max_steps: int = field(default=10000, metadata={"help": "stop after this many steps (0: epochs * steps/epoch)"})
+    max_steps: int = field(default=8000, metadata={"help": "stop after this many steps (0: epochs * steps/epoch)"})
     max_lr: float = 1e-3
     warmup_steps: int = 200
     end_lr_ratio: float = 0.0

@@ -102,3 +102,20 @@ def test_parameter_formula_matches_the_model():
         formula = (c.n_mels * d * 3 + d + d * d * 3 + d + c.n_audio_layer * block + 2 * d
                    + c.n_vocab * d + c.n_text_ctx * d + c.n_text_layer * (block + cross) + 2 * d)
         assert n == formula, (name, n, formula)
+
+
+def test_the_cpu_default_preset_and_its_platform_rule():
+    from jax_whisper.config import TrainConfig
+
+    c = WhisperConfig.preset("seed-cpu")
+    seed = WhisperConfig.preset("seed")
+    # the seed model's vocabulary, window and text context, narrower and shallower
+    assert (c.n_mels, c.n_audio_ctx, c.n_vocab, c.n_text_ctx) == (seed.n_mels, seed.n_audio_ctx, seed.n_vocab,
+                                                                   seed.n_text_ctx)
+    assert (c.n_audio_state, c.n_audio_head, c.n_audio_layer, c.n_text_layer) == (128, 2, 2, 2)
+    tc = TrainConfig()
+    assert tc.preset is None and tc.model_config() == dataclasses.replace(c, dropout=0.0, attn_dropout=0.0)
+    assert tc.for_platform("cpu").preset == "seed-cpu"
+    assert tc.for_platform("gpu").preset == "seed" and tc.for_platform("tpu").preset == "seed"
+    assert TrainConfig(preset="seed").for_platform("cpu").preset == "seed"  # an explicit preset stays
+    assert TrainConfig.recipe("seed").for_platform("cpu").preset == "seed"

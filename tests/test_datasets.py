@@ -331,3 +331,17 @@ def test_synthetic_tiny_corpus(tmp_path):
     assert 2 <= n_short < 4
     assert len(short) == n_short and short.stats.too_long == 4 - n_short
     assert all(len(r["audio"]) <= limit * SR for r in short)
+
+
+def test_manifest_groups_from_group_or_heldout_voice(tmp_path):
+    """Evaluation scores each group apart: a row's ``group``, else the synthetic corpus's ``heldout_voice``."""
+    sf.write(tmp_path / "a.wav", _tone(0.5), SR)
+    rows = [{"audio": "a.wav", "text": "one", "group": "noisy"}, {"audio": "a.wav", "text": "two"},
+            {"audio": "a.wav", "text": "three", "heldout_voice": True},
+            {"audio": "a.wav", "text": "four", "heldout_voice": False}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = D.open_dataset(f"manifest:{tmp_path / 'm.jsonl'}", "test")
+    assert [src.metadata(i).group for i in range(4)] == ["noisy", None, "heldout_voices", "train_voices"]
+    synthetic = D.open_dataset("synthetic", "validation", cache_dir=tmp_path / "cache", n_train=2, n_val=4, n_test=2,
+                               seed=5, workers=1)
+    assert sorted(synthetic.metadata(i).group for i in range(4)) == ["heldout_voices"] * 2 + ["train_voices"] * 2
