@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 
@@ -145,8 +146,9 @@ DEFAULT_SPLITS = {  # (train, validation, test) per dataset kind
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on. The defaults are the CPU recipe for the embedded corpus;
-    ``TrainConfig.recipe("seed")`` is the original seed recipe (batch 64, 10 epochs, lr 2e-4)."""
+    """Everything a training run depends on. The defaults are the CPU recipe for the embedded corpus (the
+    ``seed-cpu`` model on a CPU, see ``scripts/train_flax.py --help`` for what it changes and why);
+    ``TrainConfig.recipe("seed")`` is the original seed recipe (the seed model, batch 64, 10 epochs, lr 2e-4)."""
 
     # model
     preset: str | None = field(default=None, metadata={"help": "WhisperConfig preset (none: seed-cpu on a CPU, "
@@ -209,6 +211,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     output_dir: str = "runs/seed"
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    overwrite: bool = field(default=False, metadata={"help": "start afresh in an output_dir that holds an earlier "
+                                                            "run, deleting that run (without it such a directory "
+                                                            "is refused unless --resume)"})
     tensorboard: bool = True
     progress: bool = True
 
@@ -297,6 +302,36 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=argparse.SUPPRESS, type=partial(_parse_value, ftype), help=help_)
 
 
+# what a resumed run may change: how long it runs, how often it evaluates and logs, where its files and data live
+RESUMABLE = ("max_steps", "epochs", "eval_every", "eval_batch_size", "log_every", "checkpoint_every",
+             "keep_checkpoints", "progress", "tensorboard", "num_workers", "cache_dir", "output_dir", "resume",
+             "distributed", "coordinator", "num_processes", "process_id")
+
+
+def resumed_config(stored: TrainConfig, given: Mapping[str, Any]) -> TrainConfig:
+    """The stored run's configuration with the flags ``given`` alongside ``--resume`` applied: those of
+    ``RESUMABLE`` may differ (more steps, say); any other that differs from the stored run is refused by name."""
+    conflicts = [k for k, v in given.items() if k not in RESUMABLE and getattr(stored, k) != v]
+    if conflicts:
+        named = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (the run has {getattr(stored, k)!r})"
+                          for k in conflicts)
+        free = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
+        raise ValueError(f"--resume continues the run stored in {stored.output_dir}: {named} would change it "
+                         f"(flags a resumed run may change: {free})")
+    return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUMABLE}, resume=True)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run the command line asks for. With ``--resume`` and a run in ``--output-dir``, the stored run's
+    configuration (its model included) with the flags given applied (:func:`resumed_config`); ``--recipe`` is then
+    the stored run's."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig.recipe(args.recipe, **overrides)
+    tc = TrainConfig.recipe(args.recipe, **overrides)
+    stored = Path(tc.output_dir) / "config.json"
+    if tc.resume and stored.is_file():
+        try:
+            train = json.loads(stored.read_text())["train"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume: {stored} is not a run configuration ({e})") from None
+        return resumed_config(TrainConfig.from_dict({**train, "output_dir": tc.output_dir}), overrides)
+    return tc

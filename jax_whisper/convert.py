@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -122,18 +123,24 @@ def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[Whisper
     return readers[fmt](path)
 
 
-def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax") -> Path:
+def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax", *,
+                    overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write ``model`` atomically in ``format``.
 
     ``flax``: orbax directory; ``torch``: a ``.safetensors`` file; ``openai``: a ``.pt`` file that
     ``whisper.load_model(path)`` loads; ``hf``: a directory that
     ``transformers.WhisperForConditionalGeneration.from_pretrained(path)`` loads. Weights are float32.
+
+    An existing ``path`` is replaced only if it is a checkpoint of ``format`` (or an empty directory): anything
+    else (a directory of other files, another format) raises FileExistsError unless ``overwrite``. A ``path`` that
+    is, or holds, one of ``inputs`` (the checkpoints the model was read from) is never replaced.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; choose from {FORMATS}")
     path = Path(path)
     if format == "torch" and path.suffix != ".safetensors":
         raise ValueError(f"torch checkpoints are .safetensors files, got {str(path)!r}")
+    _check_target(path, format, overwrite, inputs)
     if format == "hf":
         hf_config(cfg)  # fail before writing anything if the config has no Hugging Face equivalent
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,28 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _check_target(path: Path, format: str, overwrite: bool, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse to replace an input, a directory that holds one, or (unless ``overwrite``) what is not a checkpoint
+    of ``format``: replacing renames the old path aside and deletes it."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    target = path.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == target or target in source.parents:
+            raise ValueError(f"output {str(path)!r} is or holds the input {str(source)!r}; choose another output")
+    if overwrite or (path.is_dir() and not any(path.iterdir())):
+        return
+    try:
+        found = detect_format(path)
+    except (OSError, ValueError):
+        found = None
+    if found != format:
+        what = f"a {found} checkpoint" if found else ("a directory of other files" if path.is_dir() else "a file")
+        raise FileExistsError(f"output {str(path)!r} exists and is {what}, not a {format} checkpoint: not replaced "
+                              f"(--overwrite / overwrite=True replaces it)")
 
 
 def _replace(src: Path, dst: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from jax_whisper.config import TrainConfig
 from jax_whisper.pipeline import make_iterator, open_splits, run_plans, train_dataset
-from jax_whisper.runlog import MetricsLog, plot_curves, write_json_atomic
+from jax_whisper.runlog import MetricsLog, claim_run_directory, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
 
@@ -50,6 +50,19 @@ def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_af
     """
     t0 = time.time()
     out = Path(tc.output_dir)
+    lead = shard_index == 0
+    # process 0 owns the directory: it alone writes the run's files (the others wait for it at the first collective)
+    lock = claim_run_directory(out, resume=tc.resume, overwrite=tc.overwrite) if lead else None
+    try:
+        return _fit(tc, backend, out, t0, log=log, stop_after=stop_after, shard_index=shard_index,
+                    shard_count=shard_count)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str], None], stop_after: int | None,
+         shard_index: int, shard_count: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tc = tc.for_platform(backend.platform)  # the preset the run trains is the one its config.json names
     cfg = tc.model_config()

@@ -1,12 +1,53 @@
-"""Run bookkeeping shared by the Flax and PyTorch trainers (no jax, no torch): metrics to JSONL and TensorBoard,
-atomic JSON results, and the picture of a run's curves (``curves.png``)."""
+"""Run bookkeeping shared by the Flax and PyTorch trainers (no jax, no torch): the run directory's lock and its
+guard against mixing two runs, metrics to JSONL and TensorBoard, atomic JSON results, and the picture of a run's
+curves (``curves.png``)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
+
+RUN_FILES = ("checkpoints", "best", "metrics.jsonl", "results.json", "config.json", "tensorboard", "curves.png")
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory cannot be used as asked (in use by another process, or holding another run)."""
+
+
+def claim_run_directory(directory: Path, *, resume: bool, overwrite: bool):
+    """Lock ``directory`` for this process and check that starting here loses nothing; returns the lock (an open
+    file: keep it until the run ends; the lock goes with the process, however it ends).
+
+    A directory holding an earlier run is refused unless ``resume`` (continue it) or ``overwrite`` (its run files,
+    ``RUN_FILES``, are deleted first; other files are left alone)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise RunDirectoryError(f"{directory} is in use by another training run (process {holder}, lock "
+                                f"{directory / '.lock'}); wait for it or choose another --output-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    found = [name for name in RUN_FILES if (directory / name).exists()]
+    if found and not resume:
+        if not overwrite:
+            lock.close()
+            raise RunDirectoryError(f"{directory} holds an earlier run ({', '.join(found)}): pass --resume to "
+                                    f"continue it, --overwrite to replace it, or choose another --output-dir")
+        for name in found:
+            p = directory / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return lock
 
 
 class MetricsLog:

@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     parser.add_argument("output", type=Path, help="where to write: " + "; ".join(f"{k}: {v}"
                                                                                 for k, v in OUTPUTS.items()))
     parser.add_argument("--to", required=True, choices=list(OUTPUTS), help="output format")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output that is not a checkpoint of the --to format (an existing "
+                             "checkpoint of that format is replaced anyway; the input never is)")
     args = parser.parse_args(argv)
 
     from jax_whisper.convert import detect_format, load_checkpoint, num_params, resolve_model, save_checkpoint
@@ -30,7 +33,7 @@ def main(argv=None) -> int:
         source = resolve_model(args.input)
         fmt = detect_format(source)
         cfg, model = load_checkpoint(source)
-        save_checkpoint(model, cfg, args.output, format=args.to)
+        save_checkpoint(model, cfg, args.output, format=args.to, overwrite=args.overwrite, inputs=(source,))
     except (OSError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train Whisper from scratch with the PyTorch reference trainer (torch_reference/train.py).
 
-Same flags, pipeline and recipe as scripts/train_flax.py: without arguments, the `seed` model on the embedded
-eSpeak corpus (built offline on first use) with the CPU recipe, ending with the test-set WER. `--recipe seed`
+Same flags, pipeline and recipe as scripts/train_flax.py: without arguments, the CPU recipe (the seed-cpu model)
+on the embedded eSpeak corpus (built offline on first use), ending with the test-set WER. `--recipe seed`
 starts from the original seed recipe instead; every field of jax_whisper.config.TrainConfig can be overridden
 (`--batch-size 32`, `--dataset gigaspeech --subset xs`). After an interruption, `--resume --output-dir DIR`
 continues from the last checkpoint. Never imports jax.
@@ -23,12 +23,21 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    tc = config_from_args(parser.parse_args(argv))
+    try:
+        tc = config_from_args(parser.parse_args(argv))
+    except ValueError as e:  # --resume with flags that would change the stored run
+        print(f"train_torch: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("jax_whisper").setLevel(logging.INFO)
+    from jax_whisper.runlog import RunDirectoryError
     from torch_reference.train import train
 
-    results = train(tc)
+    try:
+        results = train(tc)
+    except RunDirectoryError as e:  # another run's directory, or one in use: nothing was written
+        print(f"train_torch: error: {e}", file=sys.stderr)
+        return 2
     return 0 if results["status"] == "completed" else 1
 
 

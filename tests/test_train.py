@@ -278,14 +278,15 @@ def test_resume_after_sigkill_reaches_the_same_parameters(cache_dir, tmp_path):
     assert ra["test_wer"] == rb["test_wer"] and ra["val_wer"] == rb["val_wer"]
 
 
-def test_config_cli_round_trip():
+def test_config_cli_round_trip(tmp_path):
     import argparse
 
     from jax_whisper.config import add_config_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_config_arguments(p)
-    tc = config_from_args(p.parse_args(["--batch-size", "32", "--resume", "--dropout", "none", "--ctc-weight", "0"]))
+    tc = config_from_args(p.parse_args(["--batch-size", "32", "--resume", "--dropout", "none", "--ctc-weight", "0",
+                                        "--output-dir", str(tmp_path)]))  # no run there: nothing to resume
     assert tc.batch_size == 32 and tc.resume is True and tc.dropout is None and tc.ctc_weight == 0.0
     seed = config_from_args(p.parse_args(["--recipe", "seed"]))
     assert (seed.batch_size, seed.epochs, seed.max_lr, seed.weight_decay) == (64, 10, 2e-4, 0.01)
@@ -448,3 +449,57 @@ def test_train_step_memory_with_the_derivative_rules(monkeypatch, name, autodiff
         loss[variant] = float(train_mod.train_step(tm, opt, batch, **kw)["loss"])
     assert loss["rule"] == loss["autodiff"], loss
     assert temp["rule"] < temp["autodiff"], temp
+
+
+def test_an_earlier_run_is_neither_mixed_nor_lost(trained_run, cache_dir, tmp_path, capsys):
+    """Training into a directory that holds a run: refused (one line naming --resume and --overwrite), nothing
+    touched; from scripts/train_flax.py the same, exit code 2."""
+    import importlib.util
+
+    from jax_whisper.runlog import RunDirectoryError
+
+    out, results, _ = trained_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
+    with pytest.raises(RunDirectoryError, match="holds an earlier run .*--resume.*--overwrite"):
+        train_mod.train(tiny_config(cache_dir, out))
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_flax.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--output-dir", str(out), "--cache-dir", str(cache_dir), "--progress", "false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train_flax: error: ") and err.count("\n") == 0 and "--resume" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == before
+
+
+def test_the_run_directory_lock_and_overwrite(tmp_path):
+    from jax_whisper.runlog import RUN_FILES, RunDirectoryError, claim_run_directory
+
+    d = tmp_path / "run"
+    first = claim_run_directory(d, resume=False, overwrite=False)
+    with pytest.raises(RunDirectoryError, match=f"in use by another training run \\(process {os.getpid()}"):
+        claim_run_directory(d, resume=False, overwrite=False)  # a second open file: flock refuses it too
+    first.close()  # the first run ended (or died): the lock is free again
+    (d / "checkpoints" / "5").mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("{}\n")
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match=r"holds an earlier run \(checkpoints, metrics.jsonl\)"):
+        claim_run_directory(d, resume=False, overwrite=False)
+    claim_run_directory(d, resume=True, overwrite=False).close()  # continuing it is fine
+    claim_run_directory(d, resume=False, overwrite=True).close()
+    assert not any((d / name).exists() for name in RUN_FILES) and (d / "notes.txt").read_text() == "mine"
+
+
+def test_resume_takes_the_stored_run_and_refuses_conflicting_flags(trained_run):
+    import argparse
+
+    from jax_whisper.config import add_config_arguments, config_from_args
+
+    out, _, _ = trained_run
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    stored = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["train"])
+    tc = config_from_args(p.parse_args(["--resume", "--output-dir", str(out), "--max-steps", "30"]))
+    assert tc == dataclasses.replace(stored, max_steps=30, resume=True)  # its model too, without --model
+    assert tc.model == TINY and tc.preset == "seed-cpu"
+    with pytest.raises(ValueError, match=r"--batch-size 8 \(the run has 4\)"):
+        config_from_args(p.parse_args(["--resume", "--output-dir", str(out), "--batch-size", "8"]))
