@@ -318,7 +318,7 @@ def resumed_config(stored: TrainConfig, given: Mapping[str, Any]) -> TrainConfig
         free = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
         raise ValueError(f"--resume continues the run stored in {stored.output_dir}: {named} would change it "
                          f"(flags a resumed run may change: {free})")
-    return dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUMABLE}, resume=True)
+    return dataclasses.replace(stored, **{**{k: v for k, v in given.items() if k in RESUMABLE}, "resume": True})
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
