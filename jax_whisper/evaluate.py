@@ -155,7 +155,10 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     tokenizer = get_tokenizer(cfg)
     run = None
     if detect_format(checkpoint) == "flax-train":
-        checkpoint = training_checkpoint(checkpoint)
+        given, checkpoint = Path(checkpoint), training_checkpoint(checkpoint)
+        if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent == given:
+            log(f"{given}: no best/ checkpoint; evaluating the latest periodic one, step {checkpoint.name} "
+                f"({checkpoint})")
         meta = json.loads((Path(checkpoint) / "meta" / "metadata").read_text())
         run = TrainConfig.from_dict(meta["train_config"])
         if dataset not in (None, run.dataset):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,11 +102,19 @@ def test_evaluating_a_runs_checkpoint_reproduces_its_scores(cache_dir, tmp_path)
     val = evaluate_checkpoint(out / "checkpoints" / str(last["step"]), split="validation", log=lambda _: None)
     assert val["wer"] == last["val_wer"]
     assert any(r["hypothesis"] for r in val["rows"])  # not the trivial 100 % of empty transcripts
-    test = evaluate_checkpoint(out, log=lambda _: None)  # a run directory: its best checkpoint, the test split
+    said = []
+    test = evaluate_checkpoint(out, log=said.append)  # a run directory: its best checkpoint, the test split
     assert test["checkpoint"] == str(out / "best" / str(results["best_step"]))
     assert test["wer"] == results["test_wer"]
     assert test["wer_heldout_voices"] == results["test_wer_heldout_voices"]
     assert test["wer_train_voices"] == results["test_wer_train_voices"]
+    assert not any("no best/" in line for line in said)
+    shutil.rmtree(out / "best")  # without best/: the latest periodic checkpoint, and it says which
+    said.clear()
+    again = evaluate_checkpoint(out, split="validation", log=said.append)
+    assert again["checkpoint"] == str(out / "checkpoints" / str(last["step"])) and again["wer"] == val["wer"]
+    assert any(f"no best/ checkpoint; evaluating the latest periodic one, step {last['step']}" in line
+               for line in said)
 
 
 def test_a_runs_directory_is_a_model_for_transcribe_and_openai_whisper(trained_run, cache_dir, tmp_path, capsys):
