@@ -207,7 +207,7 @@ def prepare(model: nnx.Module | Prepared) -> Prepared:
     graphdef, state = nnx.split(model)
     last = _PREPARED.get(model)
     leaves = jax.tree.leaves(state)
-    if last is not None and last.graph.graphdef == graphdef and len(leaves) == len(last.arrays) and all(
+    if last is not None and last.graph.graphdef == graphdef and all(
             a is b for a, b in zip(last.arrays, leaves, strict=True)):
         return last
     _PREPARED[model] = prepared = Prepared(model, graphdef, state)

@@ -146,30 +146,30 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     """
     from jax_whisper.config import TrainConfig
     from jax_whisper.convert import detect_format, load_checkpoint, training_checkpoint
-    from jax_whisper.datasets import SAMPLE_RATE, open_dataset
+    from jax_whisper.datasets import _SPLIT_ALIASES, SAMPLE_RATE, open_dataset
     from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, open_splits, quantile_buckets, run_plans
     from jax_whisper.scoring import by_group
     from jax_whisper.tokenizer import get_tokenizer
 
-    cfg, model = load_checkpoint(checkpoint)
-    tokenizer = get_tokenizer(cfg)
     run = None
-    if detect_format(checkpoint) == "flax-train":
+    if detect_format(checkpoint) == "flax-train":  # resolved once: the step directory both loads and plans read
         given, checkpoint = Path(checkpoint), training_checkpoint(checkpoint)
         if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent == given:
             log(f"{given}: no best/ checkpoint; evaluating the latest periodic one, step {checkpoint.name} "
                 f"({checkpoint})")
-        meta = json.loads((Path(checkpoint) / "meta" / "metadata").read_text())
+        meta = json.loads((checkpoint / "meta" / "metadata").read_text())
         run = TrainConfig.from_dict(meta["train_config"])
         if dataset not in (None, run.dataset):
             run = None
+    cfg, model = load_checkpoint(checkpoint)
+    tokenizer = get_tokenizer(cfg)
     dataset = dataset or (run.dataset if run else "synthetic")
     scoring = scoring or scoring_for(dataset)
     if run is not None and full_window is None:
         run = dataclasses.replace(run, cache_dir=cache_dir or run.cache_dir, progress=False,
                                   eval_batch_size=batch_size or run.eval_batch_size)
         sources = open_splits(run, cfg)
-        split = {"dev": "validation", "val": "validation", "valid": "validation"}.get(split, split)
+        split = _SPLIT_ALIASES.get(split, split)
         if split not in sources:
             raise ValueError(f"split {split!r}: a training run's dataset has the splits {sorted(sources)}")
         plan, source = run_plans(run, cfg, tokenizer, sources)[split], sources[split]
