@@ -99,6 +99,11 @@ class ItemMeta:
     group: str | None = None  # evaluation subset scored apart (the synthetic corpus: heldout_voices / train_voices)
 
 
+class DataError(ValueError):
+    """A dataset the user pointed at is unusable (a missing or malformed manifest, no usable utterance): the
+    message is one line naming the file (and line) and what was expected; scripts print it without a traceback."""
+
+
 @dataclass
 class DropStats:
     """Counts of dropped utterances, by reason."""
@@ -389,6 +394,8 @@ class _Builder:
 def _probe_file(path: str) -> float:
     import soundfile as sf
 
+    if not os.path.exists(path):
+        raise FileNotFoundError("no such file")  # soundfile would say "System error."
     info = sf.info(path)
     if info.frames <= 0 or info.samplerate <= 0:
         raise ValueError("no samples")
@@ -422,18 +429,47 @@ def _manifest_path(path: str, split: str) -> Path:
 def open_manifest(
     path: str | os.PathLike, *, max_seconds: float | None = None, probe: bool = True, name: str | None = None
 ) -> Source:
-    """A JSONL manifest (see module docstring); text stripped and whitespace-collapsed."""
+    """A JSONL manifest (see module docstring); text stripped and whitespace-collapsed.
+
+    A malformed line (not UTF-8, not a JSON object, no ``audio`` string, a ``text`` that is not a string, a
+    ``duration`` that is not a number) raises :class:`DataError` naming the file and line: a manifest is made by
+    a program, and skipping its broken lines would hide that program's bug. A row whose audio file is missing or
+    unreadable is a counted skip (``stats.unreadable``, one log line each), as in every file source.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {str(path)!r}: no such file")
     b = _Builder(name or f"manifest:{path}", max_seconds, _probe_file if probe else None)
-    with open(path) as f:
-        for lineno, line in enumerate(f):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"manifest {str(path)!r} line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object {{\"audio\": ..., \"text\": ...}}, got "
+                                f"{type(row).__name__}")
+            if not isinstance(row.get("audio"), str) or not row["audio"]:
+                raise DataError(f"{where}: no \"audio\" path (a non-empty string is required)")
+            if row.get("text") is not None and not isinstance(row["text"], str):
+                raise DataError(f"{where}: \"text\" must be a string, got {type(row['text']).__name__}")
+            try:
+                duration = _float_or_none(row.get("duration"))
+                if duration is not None and not 0 <= duration < float("inf"):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: \"duration\" must be a number of seconds, got {row['duration']!r}"
+                                ) from None
             audio = str((path.parent / row["audio"]).resolve())  # absolute paths survive the join
             id_ = row.get("id") or Path(row["audio"]).stem or f"{path.stem}-{lineno}"
-            b.add(id_, collapse_whitespace(row.get("text")), _float_or_none(row.get("duration")), audio,
-                  group=_group(row))
+            b.add(str(id_), collapse_whitespace(row.get("text")), duration, audio, group=_group(row))
     return b.build(read_audio_file)
 
 
@@ -474,7 +510,7 @@ def open_audiofolder(
     columns = set(rows[0]) if rows else set()
     text_col = next((c for c in _TRANSCRIPT_COLUMNS if c in columns), None)
     if rows and ("file_name" not in columns or text_col is None):
-        raise ValueError(
+        raise DataError(
             f"audiofolder: {meta_file} needs a file_name column and one of {_TRANSCRIPT_COLUMNS}, has {sorted(columns)}"
         )
     b = _Builder(f"audiofolder:{d}[{split}]", max_seconds, _probe_file if probe else None)
@@ -637,11 +673,11 @@ def open_dataset(
         return open_synthetic(split, cache_dir=cache_dir, max_seconds=max_seconds, **kw)
     if kind == "manifest":
         if not arg:
-            raise ValueError("manifest spec needs a path: manifest:FILE.jsonl")
+            raise DataError("manifest spec needs a path: manifest:FILE.jsonl")
         return open_manifest(_manifest_path(arg, split), max_seconds=max_seconds, **kw)
     if kind == "audiofolder":
         if not arg:
-            raise ValueError("audiofolder spec needs a directory: audiofolder:DIR")
+            raise DataError("audiofolder spec needs a directory: audiofolder:DIR")
         return open_audiofolder(arg, split, max_seconds=max_seconds, **kw)
     if kind == "librispeech":
         if arg:
@@ -651,10 +687,11 @@ def open_dataset(
         if arg:
             kw.setdefault("subset", arg)
         return open_gigaspeech(split, cache_dir=cache_dir, max_seconds=max_seconds, **kw)
-    raise ValueError(f"unknown dataset spec {spec!r}; expected one of {SPECS}")
+    raise DataError(f"unknown dataset spec {spec!r}; expected one of {SPECS}")
 
 
 __all__ = [
+    "DataError",
     "DropStats",
     "ItemMeta",
     "Record",

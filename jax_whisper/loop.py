@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jax_whisper.config import TrainConfig
-from jax_whisper.pipeline import make_iterator, open_splits, run_plans, train_dataset
+from jax_whisper.pipeline import drop_counts, make_iterator, open_splits, run_plans, train_dataset
 from jax_whisper.runlog import MetricsLog, claim_run_directory, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
 from jax_whisper.tokenizer import get_tokenizer
@@ -186,7 +186,7 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
     c = clock()
     results = {"status": status, "steps": step, "train_minutes": c["train_seconds"] / 60,
                "wall_minutes": c["wall_seconds"] / 60, "val_wer": best["wer"], "best_step": best["step"],
-               "history": history, "dropped": {s: src.stats.as_dict() for s, src in sources.items()}}
+               "history": history, "dropped": drop_counts(sources, plans)}
     if status == "completed":
         if best["step"] is not None and best["step"] != step:
             backend.restore(best["step"], best=True)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jax_whisper.config import DEFAULT_SPLITS, TrainConfig, WhisperConfig
-from jax_whisper.datasets import SAMPLE_RATE, Source, open_dataset
+from jax_whisper.datasets import SAMPLE_RATE, DataError, Source, open_dataset
 from jax_whisper.tokenizer import IGNORE_ID, Tokenizer, ctc_encode
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Plan:
                 continue
             items.append(Item(i, b, tuple(pair[0]), tuple(pair[1]), tuple(ctc_encode(meta.text))))
         if not items:
-            raise ValueError(f"{source.name}: no usable utterances ({self.stats.as_dict()}, source drops "
+            raise DataError(f"{source.name}: no usable utterances ({self.stats.as_dict()}, source drops "
                              f"{source.stats.as_dict()})")
         self.stats.kept = len(items)
         self.items = items
@@ -255,6 +255,19 @@ def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources
     return plans
 
 
+def drop_counts(sources: dict[str, Source], plans: dict[str, Plan]) -> dict[str, dict[str, int]]:
+    """Every utterance left out of each split, by reason: the source's drops (empty, garbage, unreadable, longer
+    than ``max_seconds``) and the plan's (``too_many_tokens``: a transcript longer than the text context; audio
+    longer than the largest bucket, counted in ``too_long``)."""
+    out = {}
+    for split, src in sources.items():
+        d = src.stats.as_dict()
+        d["too_long"] += plans[split].stats.too_long
+        d["too_many_tokens"] = plans[split].stats.too_many_tokens
+        out[split] = d
+    return out
+
+
 def _round_up(n: int, multiple: int, cap: int | None = None) -> int:
     n = -(-n // multiple) * multiple
     return n if cap is None else min(n, cap)
@@ -313,5 +326,5 @@ def iterate_eval(plan: Plan, **kw) -> Iterator[dict]:
     yield from make_iterator(eval_dataset(plan), **kw)
 
 
-__all__ = ["ARRAY_KEYS", "HOP_LENGTH", "Item", "Plan", "PrepareStats", "eval_dataset", "frames_of",
+__all__ = ["ARRAY_KEYS", "HOP_LENGTH", "Item", "Plan", "PrepareStats", "drop_counts", "eval_dataset", "frames_of",
            "iterate_eval", "make_iterator", "open_splits", "quantile_buckets", "train_dataset"]

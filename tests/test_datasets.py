@@ -179,6 +179,38 @@ def test_unreadable_at_decode_time_is_skipped_and_logged(tmp_path, caplog):
     assert [r["text"] for r in src] == ["y"]
 
 
+@pytest.mark.parametrize("line, expected", [
+    (b'{"audio": "a.wav", "text": "caf\xe9"}', "line 2: not UTF-8"),
+    (b'{"audio": "a.wav", "text": "open', "line 2: not JSON"),
+    (b'["a.wav", "text"]', "line 2: expected a JSON object"),
+    (b'{"text": "no audio"}', 'line 2: no "audio" path'),
+    (b'{"audio": 7, "text": "x"}', 'line 2: no "audio" path'),
+    (b'{"audio": "a.wav", "text": ["a", "list"]}', 'line 2: "text" must be a string, got list'),
+    (b'{"audio": "a.wav", "text": "x", "duration": "long"}', 'line 2: "duration" must be a number'),
+    (b'{"audio": "a.wav", "text": "x", "duration": -1}', 'line 2: "duration" must be a number'),
+])
+def test_a_malformed_manifest_line_is_an_error_naming_file_and_line(tmp_path, line, expected):
+    sf.write(tmp_path / "a.wav", _tone(0.5), SR)
+    (tmp_path / "m.jsonl").write_bytes(b'{"audio": "a.wav", "text": "fine"}\n' + line + b"\n")
+    with pytest.raises(D.DataError) as e:
+        D.open_dataset(f"manifest:{tmp_path / 'm.jsonl'}", "train")
+    assert str(tmp_path / "m.jsonl") in str(e.value) and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_manifest_and_missing_audio_say_no_such_file(tmp_path, caplog):
+    with pytest.raises(D.DataError, match="no such file"):
+        D.open_dataset(f"manifest:{tmp_path / 'nope.jsonl'}", "train")
+    with pytest.raises(D.DataError, match="train.jsonl'?: no such file"):
+        D.open_dataset(f"manifest:{tmp_path}", "train")  # a directory without the split's manifest
+    sf.write(tmp_path / "a.wav", _tone(0.5), SR)
+    rows = [{"audio": "gone.wav", "text": "x"}, {"audio": "a.wav", "text": "y"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="jax_whisper.datasets"):
+        src = D.open_dataset(f"manifest:{tmp_path / 'm.jsonl'}", "train")  # probed: a counted skip
+    assert len(src) == 1 and src.stats.unreadable == 1
+    assert "gone.wav" in caplog.text and "no such file" in caplog.text and "System error" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------- audiofolder
 
 

@@ -12,6 +12,7 @@ from jax_whisper.datasets import SAMPLE_RATE, ItemMeta, Source
 from jax_whisper.pipeline import (
     HOP_LENGTH,
     Plan,
+    drop_counts,
     eval_dataset,
     frames_of,
     make_iterator,
@@ -112,6 +113,10 @@ def test_drops_are_counted_never_truncated():
     too_long = sum(frames_of(d) > 300 for i, d in enumerate(src.durations()) if i not in (3, 7))
     assert plan.stats.too_many_tokens == 2 and plan.stats.too_long == too_long
     assert plan.stats.kept == len(plan) == 20 - 2 - too_long
+    # results.json's "dropped": the plan's drops beside the source's (its own too_long is 0 without max_seconds)
+    src.stats.unreadable = 1
+    assert drop_counts({"train": src}, {"train": plan}) == {
+        "train": {"too_long": too_long, "empty": 0, "garbage": 0, "unreadable": 1, "too_many_tokens": 2}}
 
 
 def test_collate_pads_audio_tokens_and_ctc_labels():

@@ -63,6 +63,8 @@ def test_run_writes_results_metrics_and_checkpoints(trained_run):
     on_disk = json.loads((out / "results.json").read_text())
     for key in ("test_wer", "val_wer", "steps", "train_minutes"):
         assert on_disk[key] == results[key]
+    assert set(on_disk["dropped"]) == {"train", "validation", "test"}
+    assert all({"too_long", "too_many_tokens", "unreadable"} <= set(d) for d in on_disk["dropped"].values())
     assert lines[-1] == f"test WER: {results['test_wer']:.1f}%"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -480,6 +482,34 @@ def test_an_earlier_run_is_neither_mixed_nor_lost(trained_run, cache_dir, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith("train_flax: error: ") and err.count("\n") == 0 and "--resume" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == before
+
+
+def test_an_unusable_manifest_ends_scripts_train_flax_with_one_line(tmp_path, capsys):
+    """A malformed manifest line (file and line number) and a manifest of missing audio files (counted, then no
+    usable utterance): exit code 2 and an error line, no traceback; the run directory is left reusable."""
+    import importlib.util
+
+    import soundfile as sf
+
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_flax.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    data = tmp_path / "data"
+    data.mkdir()
+    sf.write(data / "a.wav", np.zeros(8000, np.float32), 16000)
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.jsonl").write_text(json.dumps({"audio": "gone.wav", "text": "x"}) + "\n")
+    args = ["--dataset", f"manifest:{data}", "--model", TINY, "--output-dir", str(tmp_path / "run"),
+            "--progress", "false"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"train_flax: error: manifest:{data / 'train.jsonl'}: no usable utterances")
+    (data / "train.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "x"}) + "\n{not json\n")
+    assert cli.main(args) == 2  # the same directory again: the failed start left no run in it
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"train_flax: error: manifest {str(data / 'train.jsonl')!r} line 2: not "
+                                            f"JSON (Expecting property name enclosed in double quotes at column 2)")
 
 
 def test_the_run_directory_lock_and_overwrite(tmp_path):
