@@ -17,6 +17,7 @@ sibling is renamed into place, so an interrupted save never leaves a half-writte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,17 +96,15 @@ def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[Whis
     CTranslate2 int8/int16 are dequantised with their scales).
     """
     fmt = detect_format(path)
-    if fmt == "flax":
-        return _load_flax(Path(path), dtype)
-    if fmt == "flax-train":
-        step_dir = training_checkpoint(path)
-        meta = json.loads((step_dir / "meta" / "metadata").read_text())
-        return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
-    cfg, state_dict = load_state(path, fmt)
-    try:
+    with _reading(path, fmt):
+        if fmt == "flax":
+            return _load_flax(Path(path), dtype)
+        if fmt == "flax-train":
+            step_dir = training_checkpoint(path)
+            meta = json.loads((step_dir / "meta" / "metadata").read_text())
+            return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
+        cfg, state_dict = load_state(path, fmt)
         return cfg, torch_to_flax(state_dict, cfg, dtype=dtype)
-    except ValueError as e:  # name the file: the message itself names each tensor (openai names)
-        raise ValueError(f"checkpoint {str(path)!r} ({fmt}): {e}") from e
 
 
 def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
@@ -120,7 +119,25 @@ def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[Whisper
                "ctranslate2": load_ct2_state}
     if fmt not in readers:
         raise ValueError(f"checkpoint {str(path)!r} is a {fmt} checkpoint (Flax state): use load_checkpoint")
-    return readers[fmt](path)
+    with _reading(path, fmt):
+        return readers[fmt](path)
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike, fmt: str):
+    """Whatever a reader raises on a truncated or corrupt checkpoint (safetensors' SafetensorError, orbax's and
+    TensorStore's errors over missing data files, pickle's, JSON's, a bad config) becomes one ValueError naming
+    the checkpoint and its format; a message that already names the path is kept as it is."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - translated, not swallowed
+        message = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError | ValueError) and str(path) in message:
+            raise
+        if len(message) > 300:  # orbax appends the whole TensorStore spec
+            message = message[:300] + " ..."
+        raise ValueError(f"checkpoint {str(path)!r} ({fmt}) cannot be read, truncated or corrupt? "
+                         f"{type(e).__name__}: {message}") from e
 
 
 def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax", *,

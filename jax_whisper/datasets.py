@@ -206,6 +206,8 @@ def _to_mono_16k(data: np.ndarray, sr: int, sample_rate: int = SAMPLE_RATE) -> n
         mono = data.reshape(-1)
     if mono.size == 0:
         raise ValueError("audio holds no samples")
+    if not np.isfinite(mono).all():  # a float WAV can hold them; they would poison a batch or a transcript
+        raise ValueError(f"{int(np.count_nonzero(~np.isfinite(mono)))} of {mono.size} samples are NaN or infinite")
     if int(sr) != int(sample_rate):
         mono = soxr.resample(mono, int(sr), int(sample_rate), quality="VHQ")
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -24,9 +24,11 @@ from jax_whisper import parallel
 from jax_whisper.audio import log_mel_spectrogram
 from jax_whisper.config import TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
+from jax_whisper.formats.native import check_data
 from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
 from jax_whisper.pipeline import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
+from jax_whisper.runlog import RunDirectoryError
 from jax_whisper.scoring import by_group
 from jax_whisper.tokenizer import CTC_CHARS, ctc_decode
 
@@ -392,6 +394,12 @@ class Checkpoints:
     def restore(self, manager, step: int, tm: TrainModel, optimizer: nnx.Optimizer) -> dict:
         """Load checkpoint ``step`` into ``tm`` and ``optimizer`` in place; returns its ``meta``."""
         trees = self._trees(tm, optimizer)
+        step_dir = Path(manager.directory) / str(step)
+        try:  # lost or truncated data files: one line naming the checkpoint, not orbax's concurrent failures
+            for item in trees:
+                check_data(step_dir, step_dir / item)
+        except ValueError as e:
+            raise RunDirectoryError(f"cannot restore step {step}: {e}") from None
         # restored straight into the live layout: every process reads only its own shards
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trees)
         args = {k: self.ocp.args.StandardRestore(v) for k, v in target.items()}

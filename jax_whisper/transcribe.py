@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -215,7 +218,9 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     if not temperatures:
         raise ValueError("temperature must be a number or a non-empty sequence of numbers")
     english_only = not cfg.is_multilingual
-    if english_only and language is not None and normalize_language(language) != "en":
+    if language is not None:
+        language = normalize_language(language)  # an unknown one fails here, before any file is read
+    if english_only and language is not None and language != "en":
         raise ValueError(f"this model is English-only; got language {language!r}")
     base = get_tokenizer(cfg, task=task if cfg.is_multilingual else None)
     trained_here = base.timestamp_begin is None  # the seed vocabulary: <|notimestamps|> prompts, no previous text
@@ -235,6 +240,15 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
                             best_of=best_of)
     if any(t < 0 for t in temperatures):
         raise ValueError(f"temperatures must be >= 0, got {temperatures}")
+    return _transcribe_stream(model, cfg, audios, settings, base, batch_size=batch_size,
+                              language=None if english_only else language, english_only=english_only,
+                              trained_here=trained_here, initial_prompt=initial_prompt, seed=seed)
+
+
+def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _Settings, base: Tokenizer, *,
+                       batch_size: int, language: str | None, english_only: bool, trained_here: bool,
+                       initial_prompt: str | None, seed: int) -> Iterator[dict[str, Any] | Exception]:
+    """The window loop of :func:`transcribe_many`, once its arguments have been checked."""
     window = cfg.n_frames
     key = jax.random.key(seed)
 
@@ -250,10 +264,14 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
             except StopIteration:
                 exhausted = True
                 break
+            audio_in = audio
             try:
                 audio = load_audio(audio) if isinstance(audio, str | os.PathLike) else np.asarray(audio, np.float32)
                 if audio.ndim != 1:
                     raise ValueError(f"audio must be 1-D 16 kHz samples, got shape {audio.shape}")
+                if not np.isfinite(audio).all():  # NaN would decode to garbage tokens, not fail
+                    bad = int(np.count_nonzero(~np.isfinite(audio)))
+                    raise ValueError(f"{_name(audio_in)}: {bad} of {audio.size} samples are NaN or infinite")
                 mel, frames = _mel(audio, cfg.n_mels, window * HOP_LENGTH)
             except Exception as e:  # noqa: BLE001 - reported per file
                 finished[index] = e
@@ -294,6 +312,10 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         for (_, st), w, r in zip(active, windows, results, strict=False):
             st.advance(r, w[2], settings)
         active = _retire(active, finished)  # their places are refilled before the next round
+
+
+def _name(audio) -> str:
+    return repr(os.fspath(audio)) if isinstance(audio, str | os.PathLike) else "audio array"
 
 
 def _retire(active: list[tuple[int, _Stream]], finished: dict) -> list[tuple[int, _Stream]]:
@@ -344,4 +366,56 @@ def to_vtt(segments: Iterable[dict[str, Any]]) -> str:
                                   f"{s['text'].strip()}\n\n" for s in cues)
 
 
-__all__ = ["format_timestamp", "to_srt", "to_vtt", "transcribe", "transcribe_many"]
+def to_tsv(segments: Iterable[dict[str, Any]]) -> str:
+    """openai-whisper's TSV: a ``start end text`` header, times in integer milliseconds."""
+    return "start\tend\ttext\n" + "".join(
+        f"{round(1000 * s['start'])}\t{round(1000 * s['end'])}\t{s['text'].strip().replace(chr(9), ' ')}\n"
+        for s in segments if s["text"].strip())
+
+
+def to_txt(segments: Iterable[dict[str, Any]]) -> str:
+    """One line per segment, as openai-whisper's ``.txt``."""
+    return "".join(s["text"].strip() + "\n" for s in segments if s["text"].strip())
+
+
+def to_json(result: dict[str, Any]) -> str:
+    """``result`` as strict JSON: a non-finite float (an ``avg_logprob`` of -inf, say) becomes ``null``, never
+    the bare ``NaN`` / ``Infinity`` that strict parsers reject."""
+    def finite(x):
+        if isinstance(x, float):
+            return x if np.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [finite(v) for v in x]
+        return x.item() if isinstance(x, np.generic) else x
+
+    return json.dumps(finite(result), ensure_ascii=False, allow_nan=False)
+
+
+OUTPUT_FORMATS = {"txt": lambda r: to_txt(r["segments"]), "json": to_json, "srt": lambda r: to_srt(r["segments"]),
+                  "vtt": lambda r: to_vtt(r["segments"]), "tsv": lambda r: to_tsv(r["segments"])}
+
+
+def write_outputs(result: dict[str, Any], stem: str | os.PathLike, formats: Iterable[str]) -> list[Path]:
+    """Write ``result`` as ``<stem>.<format>`` for each of ``formats`` (``OUTPUT_FORMATS``), each atomically (a
+    temporary sibling renamed into place), so a reader never sees half a file; returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(OUTPUT_FORMATS[fmt](result))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        written.append(path)
+    return written
+
+
+__all__ = ["OUTPUT_FORMATS", "format_timestamp", "to_json", "to_srt", "to_tsv", "to_txt", "to_vtt", "transcribe",
+           "transcribe_many", "write_outputs"]

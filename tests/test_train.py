@@ -512,6 +512,34 @@ def test_an_unusable_manifest_ends_scripts_train_flax_with_one_line(tmp_path, ca
                                             f"JSON (Expecting property name enclosed in double quotes at column 2)")
 
 
+def test_a_run_whose_checkpoint_lost_data_files_is_one_line_for_evaluate_and_resume(trained_run, tmp_path, capsys):
+    """orbax's data files deleted from a copy of a run: scripts/evaluate.py and --resume each end with one line
+    naming the checkpoint and the array, exit codes 1 and 2 (orbax alone: a 140-line traceback)."""
+    import importlib.util
+
+    def cli(name):
+        spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    out, results, _ = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns(".lock"))
+    for data in [*run.glob("best/*/*/ocdbt.process_*/d"), *run.glob("checkpoints/*/*/ocdbt.process_*/d")]:
+        shutil.rmtree(data)  # params, opt_state, ... of every step
+    assert cli("evaluate")(["--checkpoint", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"evaluate: error: checkpoint '{run / 'best' / str(results['best_step'])}': the data "
+                              f"of '") and err[-1].endswith("is missing (params/ has lost data files)")
+    assert not any("Traceback" in line for line in err)
+    assert cli("train_flax")(["--resume", "--output-dir", str(run), "--max-steps", str(results["steps"] + 2),
+                              "--progress", "false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"train_flax: error: cannot restore step {results['steps']}: checkpoint ")
+    assert "has lost data files" in err[-1] and not any("Traceback" in line for line in err)
+
+
 def test_the_run_directory_lock_and_overwrite(tmp_path):
     from jax_whisper.runlog import RUN_FILES, RunDirectoryError, claim_run_directory
 

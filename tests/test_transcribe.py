@@ -241,6 +241,19 @@ def test_cli_bad_files_are_reported_and_skipped(tiny, jfk, tmp_path):
         assert _cli().main(["--model", str(tiny["path"]), "--srt", "--no-progress", str(good / "jfk.flac")]) == 0
     assert out.getvalue().startswith("1\n00:00:00,000 --> 00:00:")
 
+    # --output-dir: one file per input and format, named by its path inside the directory given; the bad inputs
+    # write nothing; a JSON file equal to the --json line's result
+    outdir = tmp_path / "transcripts"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert _cli().main(["--model", str(tiny["path"]), "--no-progress", "--output-dir", str(outdir), str(good),
+                            str(corrupt)]) == 1
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(f"{stem}.{fmt}" for stem in ("jfk", "short")
+                                                              for fmt in ("txt", "json", "srt", "vtt", "tsv"))
+    saved = json.loads((outdir / "jfk.json").read_text())
+    assert saved["text"].strip() == lines[0]["text"] and saved["segments"] == lines[0]["segments"]
+    assert (outdir / "jfk.srt").read_text().startswith("1\n00:00:00,000 --> 00:00:")
+    assert (outdir / "jfk.tsv").read_text().startswith("start\tend\ttext\n0\t")
+
 
 # ---- without a pretrained model ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -128,6 +129,38 @@ def _ct2_float(variables: Mapping[str, np.ndarray], name: str, source: Path) -> 
     return x.astype(np.float32)
 
 
+def ct2_config(directory: str | os.PathLike, cfg: WhisperConfig) -> dict[str, Any]:
+    """A CTranslate2 directory's ``config.json`` (``{}`` if it has none), checked against the model.
+
+    faster-whisper reads ``alignment_heads`` ([layer, head] pairs of the decoder), ``lang_ids``, ``suppress_ids``
+    and ``suppress_ids_begin`` (token ids) from it; a file that is not a JSON object, or a field out of the
+    model's range, raises ValueError naming the file and the field."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(path)!r}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r}: expected a JSON object, got {type(config).__name__}")
+
+    def ints(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+
+    heads = config.get("alignment_heads")
+    if heads is not None and not (isinstance(heads, list) and all(
+            ints(h) and len(h) == 2 and 0 <= h[0] < cfg.n_text_layer and 0 <= h[1] < cfg.n_text_head for h in heads)):
+        raise ValueError(f"{str(path)!r}: alignment_heads must be [layer, head] pairs within the decoder's "
+                         f"{cfg.n_text_layer} layers x {cfg.n_text_head} heads, got {str(heads)[:80]}")
+    for key in ("lang_ids", "suppress_ids", "suppress_ids_begin"):
+        ids = config.get(key)
+        if ids is not None and not (ints(ids) and all(-1 <= t < cfg.n_vocab for t in ids)):
+            raise ValueError(f"{str(path)!r}: {key} must be a list of token ids below {cfg.n_vocab}, "
+                             f"got {str(ids)[:80]}")
+    return config
+
+
 def load_ct2_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
     """A CTranslate2 WhisperSpec model (faster-whisper's format) as openai-named float32 arrays.
 
@@ -216,6 +249,8 @@ def load_ct2_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np
             linear(f"{ct2}/ffn/linear_0", f"{ours}.mlp.0")
             linear(f"{ct2}/ffn/linear_1", f"{ours}.mlp.2")
 
+    if path.is_dir():
+        ct2_config(path, cfg)  # a corrupt config.json is refused here, not left for faster-whisper to trip on
     # the output projection must be the token embedding (normally an alias of it)
     proj = v.get("decoder/projection/weight")
     if proj is not None and proj is not v["decoder/embeddings/weight"] and not np.array_equal(

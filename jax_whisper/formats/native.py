@@ -56,6 +56,33 @@ def _save_flax(model: Whisper, cfg: WhisperConfig, path: Path) -> None:
         ckptr.save((path / "state").absolute(), weights)
 
 
+def check_data(path: Path, state: Path) -> None:
+    """Every value of an OCDBT checkpoint (orbax's default layout) is present and whole, checked before orbax
+    reads it: on missing or truncated data files orbax fails with one of its many concurrent reads and leaves the
+    others to print tracebacks from TensorStore's threads. This reads the data once more (cheap next to
+    orbax's read, which then comes from the page cache)."""
+    if not (state / "manifest.ocdbt").is_file():
+        return
+    import tensorstore as ts
+
+    try:
+        kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state.absolute()}/"}).result()
+        keys = kv.list().result()
+    except ValueError as e:  # the database's own index files are gone or cut
+        raise ValueError(f"checkpoint {str(path)!r}: {state.name}/ is missing or has corrupt data files "
+                         f"({str(e).split(';')[0]})") from None
+    for key in keys:
+        name = key.decode(errors="replace").split("/")[0]
+        try:
+            r = kv.read(key).result()
+        except ValueError as e:
+            raise ValueError(f"checkpoint {str(path)!r}: the data of {name!r} is truncated or corrupt "
+                             f"({str(e).split(';')[0]})") from None
+        if r.state != "value" or not r.value:  # a value whose data file is gone reads as empty
+            raise ValueError(f"checkpoint {str(path)!r}: the data of {name!r} is missing ({state.name}/ has lost "
+                             f"data files)")
+
+
 def _load_flax(path: Path, dtype, *, cfg: WhisperConfig | None = None, state: str = "state"
                ) -> tuple[WhisperConfig, Whisper]:
     import orbax.checkpoint as ocp
@@ -66,6 +93,7 @@ def _load_flax(path: Path, dtype, *, cfg: WhisperConfig | None = None, state: st
     # whole on one device, however the writer had it laid out (a sharded training run's checkpoint included)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device), nnx.to_pure_dict(weights))
+    check_data(path, path / state)
     with ocp.StandardCheckpointer() as ckptr:
         try:
             restored = ckptr.restore((path / state).absolute(), target)
