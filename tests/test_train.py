@@ -49,6 +49,16 @@ def tiny_config(cache_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def script_main(name: str):
+    """``scripts/<name>.py``'s ``main``, run in this process (so it reuses what is compiled)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.fixture(scope="module")
 def trained_run(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
@@ -122,7 +132,6 @@ def test_evaluating_a_runs_checkpoint_reproduces_its_scores(cache_dir, tmp_path)
 def test_a_runs_directory_is_a_model_for_transcribe_and_openai_whisper(trained_run, cache_dir, tmp_path, capsys):
     """A run directory serves as the model at once: scripts/transcribe.py (5 s window, the seed tokenizer, decoded
     as trained: <|notimestamps|> prompt, silence padding) and, converted, openai-whisper's load_model."""
-    import importlib.util
 
     import soundfile as sf
     import torch
@@ -132,17 +141,11 @@ def test_a_runs_directory_is_a_model_for_transcribe_and_openai_whisper(trained_r
     from jax_whisper.decoding import DecodingOptions, decode
     from jax_whisper.transcribe import transcribe
 
-    def cli(name):
-        spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main
-
     out, _, _ = trained_run
     cfg, jm = load_checkpoint(out)
     audio = open_dataset("synthetic", "test", cache_dir=cache_dir, **CORPUS)[0]["audio"]
     sf.write(tmp_path / "u.wav", audio, 16000)
-    assert cli("transcribe")(["--model", str(out), "--json", str(tmp_path / "u.wav")]) == 0
+    assert script_main("transcribe")(["--model", str(out), "--json", str(tmp_path / "u.wav")]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["text"] == transcribe(jm, cfg, audio)["text"]
     window = np.pad(audio, (0, cfg.n_frames * 160 - audio.size))  # silence to the window, as training pads
@@ -150,7 +153,7 @@ def test_a_runs_directory_is_a_model_for_transcribe_and_openai_whisper(trained_r
     want = decode(jm, mel, DecodingOptions(language="en", without_timestamps=True)).text
     assert transcribe(jm, cfg, audio)["text"].strip() == want.strip()
 
-    assert cli("convert")([str(out), str(tmp_path / "m.pt"), "--to", "openai"]) == 0
+    assert script_main("convert")([str(out), str(tmp_path / "m.pt"), "--to", "openai"]) == 0
     om = whisper.load_model(str(tmp_path / "m.pt"), device="cpu")
     rng = np.random.default_rng(0)
     mel = rng.standard_normal((2, cfg.n_mels, cfg.n_frames)).astype(np.float32)
@@ -170,18 +173,14 @@ def test_loss_falls(trained_run):
 
 
 def test_training_checkpoint_converts_to_torch(trained_run, tmp_path):
-    import importlib.util
 
     import torch
 
     from torch_reference.model import Whisper as TorchWhisper
 
-    spec = importlib.util.spec_from_file_location("convert_cli", ROOT / "scripts" / "convert.py")
-    convert_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert_cli)
 
     out, _, _ = trained_run
-    assert convert_cli.main([str(out), str(tmp_path / "m.safetensors"), "--to", "torch"]) == 0
+    assert script_main("convert")([str(out), str(tmp_path / "m.safetensors"), "--to", "torch"]) == 0
     cfg, jm = load_checkpoint(out)
     from safetensors.torch import load_file
 
@@ -467,7 +466,6 @@ def test_train_step_memory_with_the_derivative_rules(monkeypatch, name, autodiff
 def test_an_earlier_run_is_neither_mixed_nor_lost(trained_run, cache_dir, tmp_path, capsys):
     """Training into a directory that holds a run: refused (one line naming --resume and --overwrite), nothing
     touched; from scripts/train_flax.py the same, exit code 2."""
-    import importlib.util
 
     from jax_whisper.runlog import RunDirectoryError
 
@@ -475,10 +473,8 @@ def test_an_earlier_run_is_neither_mixed_nor_lost(trained_run, cache_dir, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
     with pytest.raises(RunDirectoryError, match="holds an earlier run .*--resume.*--overwrite"):
         train_mod.train(tiny_config(cache_dir, out))
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_flax.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    assert cli.main(["--output-dir", str(out), "--cache-dir", str(cache_dir), "--progress", "false"]) == 2
+    cli = script_main("train_flax")
+    assert cli(["--output-dir", str(out), "--cache-dir", str(cache_dir), "--progress", "false"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("train_flax: error: ") and err.count("\n") == 0 and "--resume" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == before
@@ -487,13 +483,10 @@ def test_an_earlier_run_is_neither_mixed_nor_lost(trained_run, cache_dir, tmp_pa
 def test_an_unusable_manifest_ends_scripts_train_flax_with_one_line(tmp_path, capsys):
     """A malformed manifest line (file and line number) and a manifest of missing audio files (counted, then no
     usable utterance): exit code 2 and an error line, no traceback; the run directory is left reusable."""
-    import importlib.util
 
     import soundfile as sf
 
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "scripts" / "train_flax.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = script_main("train_flax")
     data = tmp_path / "data"
     data.mkdir()
     sf.write(data / "a.wav", np.zeros(8000, np.float32), 16000)
@@ -501,12 +494,12 @@ def test_an_unusable_manifest_ends_scripts_train_flax_with_one_line(tmp_path, ca
         (data / f"{split}.jsonl").write_text(json.dumps({"audio": "gone.wav", "text": "x"}) + "\n")
     args = ["--dataset", f"manifest:{data}", "--model", TINY, "--output-dir", str(tmp_path / "run"),
             "--progress", "false"]
-    assert cli.main(args) == 2
+    assert cli(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         f"train_flax: error: manifest:{data / 'train.jsonl'}: no usable utterances")
     (data / "train.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "x"}) + "\n{not json\n")
-    assert cli.main(args) == 2  # the same directory again: the failed start left no run in it
+    assert cli(args) == 2  # the same directory again: the failed start left no run in it
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (f"train_flax: error: manifest {str(data / 'train.jsonl')!r} line 2: not "
                                             f"JSON (Expecting property name enclosed in double quotes at column 2)")
@@ -515,25 +508,18 @@ def test_an_unusable_manifest_ends_scripts_train_flax_with_one_line(tmp_path, ca
 def test_a_run_whose_checkpoint_lost_data_files_is_one_line_for_evaluate_and_resume(trained_run, tmp_path, capsys):
     """orbax's data files deleted from a copy of a run: scripts/evaluate.py and --resume each end with one line
     naming the checkpoint and the array, exit codes 1 and 2 (orbax alone: a 140-line traceback)."""
-    import importlib.util
-
-    def cli(name):
-        spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main
 
     out, results, _ = trained_run
     run = tmp_path / "run"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns(".lock"))
     for data in [*run.glob("best/*/*/ocdbt.process_*/d"), *run.glob("checkpoints/*/*/ocdbt.process_*/d")]:
         shutil.rmtree(data)  # params, opt_state, ... of every step
-    assert cli("evaluate")(["--checkpoint", str(run)]) == 1
+    assert script_main("evaluate")(["--checkpoint", str(run)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"evaluate: error: checkpoint '{run / 'best' / str(results['best_step'])}': the data "
                               f"of '") and err[-1].endswith("is missing (params/ has lost data files)")
     assert not any("Traceback" in line for line in err)
-    assert cli("train_flax")(["--resume", "--output-dir", str(run), "--max-steps", str(results["steps"] + 2),
+    assert script_main("train_flax")(["--resume", "--output-dir", str(run), "--max-steps", str(results["steps"] + 2),
                               "--progress", "false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"train_flax: error: cannot restore step {results['steps']}: checkpoint ")
