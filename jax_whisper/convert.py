@@ -104,7 +104,10 @@ def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[Whis
             meta = json.loads((step_dir / "meta" / "metadata").read_text())
             return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
         cfg, state_dict = load_state(path, fmt)
+    try:  # a readable checkpoint whose tensors do not fit its dims: every misfit tensor is named, untruncated
         return cfg, torch_to_flax(state_dict, cfg, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {str(path)!r} ({fmt}): {e}") from e
 
 
 def load_state(path: str | os.PathLike, fmt: str | None = None) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
