@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,41 @@ PRESETS: dict[str, WhisperConfig] = {
     "large-v3": _openai(1280, 20, 32, 51866, n_mels=128),
     "large-v3-turbo": _openai(1280, 20, 32, 51866, n_mels=128, n_text_layer=4),
 }
+
+
+def alignment_heads(cfg: WhisperConfig, name: str | None = None) -> list[list[int]]:
+    """The decoder's cross-attention heads that follow the audio in time, as ``[layer, head]`` pairs (word
+    timestamps; CTranslate2 and Hugging Face exports carry them).
+
+    An OpenAI model ``name`` ("tiny.en", "large-v3", ...) whose preset has ``cfg``'s dimensions gets openai-whisper's
+    measured table (read from its installed source, without importing it); anything else openai-whisper's
+    default: every head of the last half of the decoder layers."""
+    table = _openai_alignment_heads()
+    if name in table and name in PRESETS and PRESETS[name].dims() == cfg.dims():
+        import base64
+        import gzip
+
+        import numpy as np
+
+        mask = np.frombuffer(gzip.decompress(base64.b85decode(table[name])), dtype=bool)
+        mask = mask.reshape(cfg.n_text_layer, cfg.n_text_head)
+        return [[int(layer), int(head)] for layer, head in np.argwhere(mask)]
+    layers = range(cfg.n_text_layer // 2, cfg.n_text_layer)
+    return [[layer, head] for layer in layers for head in range(cfg.n_text_head)]
+
+
+@cache
+def _openai_alignment_heads() -> dict[str, str]:
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("whisper")
+    if spec is None or spec.origin is None:
+        return {}
+    for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_ALIGNMENT_HEADS":
+            return ast.literal_eval(node.value)
+    return {}
 
 
 # ==========================================================================================================

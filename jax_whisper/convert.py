@@ -9,9 +9,9 @@ The public façade over :mod:`jax_whisper.formats`: ``load_checkpoint`` reads, r
 - ``openai``: an openai-whisper ``.pt`` (``{"dims": ..., "model_state_dict": ...}``, usually fp16);
 - ``hf``: a Hugging Face transformers Whisper directory (``config.json`` + ``model.safetensors`` [sharded or
   not] or ``pytorch_model.bin``);
-- ``ctranslate2``: a CTranslate2 / faster-whisper directory (``model.bin``), parsed here with numpy.
+- ``ctranslate2``: a CTranslate2 / faster-whisper directory (``model.bin``), parsed and written here with numpy.
 
-``save_checkpoint`` writes ``flax``, ``torch``, ``openai`` and ``hf``. Every write is atomic: a temporary
+``save_checkpoint`` writes all five but ``flax-train``. Every write is atomic: a temporary
 sibling is renamed into place, so an interrupted save never leaves a half-written checkpoint behind.
 """
 
@@ -28,15 +28,15 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from jax_whisper.config import WhisperConfig
-from jax_whisper.formats.ctranslate2 import load_ct2_state
-from jax_whisper.formats.huggingface import _HF_WEIGHT_FILES, _save_hf, hf_config, load_hf_state
+from jax_whisper.config import WhisperConfig, alignment_heads
+from jax_whisper.formats.ctranslate2 import CT2_QUANTIZATIONS, _save_ct2, ct2_config, load_ct2_state
+from jax_whisper.formats.huggingface import _HF_WEIGHT_FILES, _save_hf, hf_config, known_vocabulary, load_hf_state
 from jax_whisper.formats.mapping import flax_to_numpy, flax_to_torch, num_params, torch_to_flax
 from jax_whisper.formats.native import _CONFIG_KEY, _load_flax, _save_flax, load_torch_state, training_checkpoint
 from jax_whisper.formats.openai import load_openai_state
 from jax_whisper.model import Whisper
 
-FORMATS = ("flax", "torch", "openai", "hf")  # what save_checkpoint writes
+FORMATS = ("flax", "torch", "openai", "hf", "ctranslate2")  # what save_checkpoint writes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,12 +144,20 @@ def _reading(path: str | os.PathLike, fmt: str):
 
 
 def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax", *,
-                    overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                    overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (),
+                    heads: list[list[int]] | None = None, quantization: str | None = None) -> Path:
     """Write ``model`` atomically in ``format``.
 
     ``flax``: orbax directory; ``torch``: a ``.safetensors`` file; ``openai``: a ``.pt`` file that
     ``whisper.load_model(path)`` loads; ``hf``: a directory that
-    ``transformers.WhisperForConditionalGeneration.from_pretrained(path)`` loads. Weights are float32.
+    ``transformers.WhisperForConditionalGeneration.from_pretrained(path)`` loads, with ``generation_config.json``
+    and the tokenizer files; ``ctranslate2``: a directory faster-whisper loads (``model.bin``, ``config.json``,
+    ``vocabulary.json``, ``tokenizer.json``, ``preprocessor_config.json``), as ctranslate2's own converter writes
+    it, stored in ``quantization`` (:data:`CT2_QUANTIZATIONS`; default float32). Other formats are float32.
+
+    ``heads``: the alignment heads (``[layer, head]`` pairs) the ``hf`` and ``ctranslate2`` exports carry; default
+    :func:`jax_whisper.config.alignment_heads` (openai-whisper's default; pass
+    :func:`checkpoint_alignment_heads` of the source to keep a pretrained model's).
 
     An existing ``path`` is replaced only if it is a checkpoint of ``format`` (or an empty directory): anything
     else (a directory of other files, another format) raises FileExistsError unless ``overwrite``. A ``path`` that
@@ -157,12 +165,23 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
     """
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; choose from {FORMATS}")
+    if quantization is not None and (format != "ctranslate2" or quantization not in CT2_QUANTIZATIONS):
+        raise ValueError(f"quantization {quantization!r}: " + (
+            f"choose from {', '.join(CT2_QUANTIZATIONS)}" if format == "ctranslate2"
+            else "only CTranslate2 exports are quantised"))
     path = Path(path)
     if format == "torch" and path.suffix != ".safetensors":
         raise ValueError(f"torch checkpoints are .safetensors files, got {str(path)!r}")
     _check_target(path, format, overwrite, inputs)
+    heads = alignment_heads(cfg) if heads is None else [[int(layer), int(h)] for layer, h in heads]
+    if any(not (0 <= layer < cfg.n_text_layer and 0 <= h < cfg.n_text_head) for layer, h in heads):
+        raise ValueError(f"alignment heads {heads}: not within the decoder's {cfg.n_text_layer} layers x "
+                         f"{cfg.n_text_head} heads")
     if format == "hf":
         hf_config(cfg)  # fail before writing anything if the config has no Hugging Face equivalent
+    if format == "ctranslate2" and not known_vocabulary(cfg):
+        raise ValueError(f"a CTranslate2 model needs its vocabulary written out: n_vocab {cfg.n_vocab} is none of "
+                         f"this project's tokenizers' (seed 50262, English-only 51864, multilingual 51865/51866)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -176,12 +195,36 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
             import torch
 
             torch.save({"dims": cfg.dims(), "model_state_dict": flax_to_torch(model)}, tmp / "ckpt")
+        elif format == "hf":
+            _save_hf(model, cfg, tmp / "ckpt", heads)
         else:
-            _save_hf(model, cfg, tmp / "ckpt")
+            _save_ct2(flax_to_numpy(model), cfg, tmp / "ckpt", heads, quantization)
         _replace(tmp / "ckpt", path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def checkpoint_alignment_heads(path: str | os.PathLike, cfg: WhisperConfig) -> list[list[int]]:
+    """The alignment heads a checkpoint carries: CTranslate2's ``config.json``, a Hugging Face directory's
+    ``generation_config.json``, an OpenAI ``.pt`` by its model name (``tiny.en.pt``: openai-whisper's table);
+    otherwise openai-whisper's default (:func:`jax_whisper.config.alignment_heads`)."""
+    p = Path(path)
+    fmt = detect_format(p)
+    stored = None
+    if fmt == "ctranslate2":
+        stored = ct2_config(p if p.is_dir() else p.parent, cfg).get("alignment_heads")
+    elif fmt == "hf" and (p / "generation_config.json").is_file():
+        with _reading(p, fmt):
+            stored = json.loads((p / "generation_config.json").read_text(encoding="utf-8")).get("alignment_heads")
+        if stored is not None and not (isinstance(stored, list) and all(
+                isinstance(h, list) and len(h) == 2 and 0 <= h[0] < cfg.n_text_layer and 0 <= h[1] < cfg.n_text_head
+                for h in stored)):
+            raise ValueError(f"{str(p / 'generation_config.json')!r}: alignment_heads must be [layer, head] pairs "
+                             f"within the decoder's {cfg.n_text_layer} layers x {cfg.n_text_head} heads")
+    elif fmt == "openai":
+        return alignment_heads(cfg, p.name.removesuffix(p.suffix))
+    return [list(h) for h in stored] if stored else alignment_heads(cfg)
 
 
 def _check_target(path: Path, format: str, overwrite: bool, inputs: Iterable[str | os.PathLike]) -> None:
@@ -251,5 +294,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
                             f"nothing is downloaded: pass a checkpoint path")
 
 
-__all__ = ["FORMATS", "detect_format", "flax_to_numpy", "flax_to_torch", "load_checkpoint", "load_state",
-           "num_params", "resolve_model", "save_checkpoint", "torch_to_flax", "training_checkpoint"]
+__all__ = ["CT2_QUANTIZATIONS", "FORMATS", "checkpoint_alignment_heads", "detect_format", "flax_to_numpy",
+           "flax_to_torch", "load_checkpoint", "load_state", "num_params", "resolve_model",
+           "save_checkpoint", "torch_to_flax", "training_checkpoint"]

@@ -503,3 +503,91 @@ __all__ = [
     "CTC_BLANK", "CTC_CHARS", "ctc_decode", "ctc_encode",
     "IGNORE_ID", "LANGUAGES", "TO_LANGUAGE_CODE", "Tokenizer", "get_tokenizer", "normalize_language",
 ]
+
+
+# ---- the same tokenizer as Hugging Face ``tokenizers`` files (for exports to transformers and faster-whisper) ----
+
+
+@cache
+def _byte_chars() -> tuple[str, ...]:
+    """GPT-2's byte-level alphabet, the characters BPE files store for bytes: printable Latin-1 bytes stand for
+    themselves, the other 68 map in order onto code points from 256 (space -> "Ġ")."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = [], 0
+    for b in range(256):
+        chars.append(chr(b) if b in printable else chr(256 + extra))
+        extra += b not in printable
+    return tuple(chars)
+
+
+@cache
+def _vocab_and_merges(vocab: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The BPE ranks as byte-level strings in id order, and the merge list that reproduces tiktoken's encoding.
+
+    A token's merge is the last step of byte-pair-encoding the token itself with the lower ranks only (what
+    tiktoken does on it): the two parts left. For GPT-2's ranks this recovers GPT-2's own merges.txt."""
+    ranks = _load_ranks("multilingual.tiktoken" if vocab == "multilingual" else "gpt2.tiktoken")
+    chars = _byte_chars()
+    text = lambda b: "".join(chars[x] for x in b)  # noqa: E731
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False))]
+            best, i = min(pairs)
+            if best >= rank:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((text(parts[0]), text(parts[1])))
+    strings = [text(t) for t, _ in sorted(ranks.items(), key=lambda kv: kv[1])]
+    return tuple(strings), tuple(merges)
+
+
+def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
+    """``tokenizer.json`` (Hugging Face ``tokenizers``) that encodes and decodes as ``tok``: byte-level BPE with
+    GPT-2's split pattern and ``tok``'s merges; the special tokens (``<|endoftext|>`` ... ``<|notimestamps|>``) are
+    added special tokens with ``tok``'s ids, the timestamps added plain ones, and ``<|endoftext|>`` is in the BPE
+    vocabulary too (GPT-2's ``vocab.json`` has it), as on the hub's Whisper models."""
+    strings, merges = _vocab_and_merges(tok.vocab)
+    named = {hub_name(tok, name): i for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])}
+    added = [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": not _is_timestamp(name)} for name, i in named.items()]
+    ends = {"<|startoftranscript|>": tok.sot, "<|notimestamps|>": tok.no_timestamps, "<|endoftext|>": tok.eot}
+    special = lambda name, type_id=0: {"SpecialToken": {"id": name, "type_id": type_id}}  # noqa: E731
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special(SOT), special(NO_TIMESTAMPS), {"Sequence": {"id": "A", "type_id": 0}}, special(EOT)],
+            "pair": [special(SOT), special(NO_TIMESTAMPS), {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}, special(EOT, 1)],
+            "special_tokens": {name: {"id": name, "ids": [i], "tokens": [name]} for name, i in ends.items()},
+        },
+        "decoder": {**byte_level, "add_prefix_space": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {**{s: i for i, s in enumerate(strings)}, EOT: tok.eot},
+                  "merges": [f"{a} {b}" for a, b in merges]},
+    }
+
+
+def vocabulary_strings(tok: Tokenizer) -> list[str]:
+    """Every id's token as a string, in id order (CTranslate2's ``vocabulary.json``): byte-level BPE strings,
+    then the special and timestamp tokens."""
+    strings, _ = _vocab_and_merges(tok.vocab)
+    return [*strings, *(hub_name(tok, name) for name in sorted(tok.special_tokens, key=tok.special_tokens.get))]
+
+
+def hub_name(tok: Tokenizer, name: str) -> str:
+    """A special token's name in the hub's tokenizer files: before large-v3 (fewer than 100 languages) Hugging Face
+    and CTranslate2 call the no-speech token ``<|nocaptions|>``, as openai-whisper did when they were made (same id;
+    faster-whisper looks up either name, and ctranslate2's converter counts only ``<|nocaptions|>`` as no
+    language)."""
+    return "<|nocaptions|>" if name == NO_SPEECH and tok.num_languages < 100 else name
+
+
+def _is_timestamp(name: str) -> bool:
+    return name[2:3].isdigit()

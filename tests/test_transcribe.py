@@ -167,6 +167,46 @@ def test_beam5_equals_openai(tiny, corpus):
         assert [(s["start"], s["end"]) for s in o["segments"]] == [(s["start"], s["end"]) for s in r["segments"]], i
 
 
+def test_ctranslate2_export_transcribes_as_the_original(tiny, corpus, greedy, tmp_path):
+    """Our CTranslate2 export of tiny.en (float32, alignment heads from the original's config.json) in
+    faster-whisper: the same greedy text as faster-whisper on Systran's original, every file."""
+    from jax_whisper.convert import checkpoint_alignment_heads, save_checkpoint
+
+    out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "ct2", format="ctranslate2",
+                          heads=checkpoint_alignment_heads(tiny["path"], tiny["cfg"]))
+    fw = _faster_whisper(out)
+    for i in corpus:
+        segments, _ = fw.transcribe(corpus[i][0], language="en", beam_size=1, temperature=0.0,
+                                    condition_on_previous_text=False)
+        assert "".join(s.text for s in segments) == greedy["faster"][i], i
+
+
+def test_hf_export_generates_as_ours(tiny, corpus, tmp_path):
+    """Our Hugging Face export of tiny.en: ``generate()`` with nothing but the log-mel (the decoder prompt,
+    suppressed tokens and no-timestamps come from our ``generation_config.json``) gives the tokens of our greedy
+    ``decode`` without timestamps, every file (30 s windows of our log-mel)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from jax_whisper.audio import log_mel_spectrogram, pad_or_trim
+    from jax_whisper.convert import save_checkpoint
+    from jax_whisper.decoding import DecodingOptions, decode
+    from jax_whisper.tokenizer import get_tokenizer
+
+    out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "hf", format="hf")
+    hm = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
+    ids = list(corpus)
+    mels = np.stack([np.asarray(log_mel_spectrogram(pad_or_trim(corpus[i][0]))) for i in ids])
+    ours = decode(tiny["jm"], mels, DecodingOptions(without_timestamps=True))
+    eot = get_tokenizer(tiny["cfg"]).eot
+    with torch.no_grad():
+        theirs = hm.generate(torch.from_numpy(mels)).tolist()
+    for i, seq, o in zip(ids, theirs, ours, strict=True):
+        while seq and seq[-1] == eot:  # the end token and the batch's padding after it
+            seq.pop()
+        assert seq == o.tokens, i
+
+
 @pytest.fixture(scope="module")
 def jfk() -> np.ndarray:
     path = SPEECH / "jfk" / "jfk.wav"

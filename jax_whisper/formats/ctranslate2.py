@@ -260,3 +260,148 @@ def load_ct2_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np
     if "decoder/projection/bias" in v and np.any(get("decoder/projection/bias")):
         raise ValueError(f"{str(source)!r}: decoder/projection/bias is not zero; Whisper's logits have no bias")
     return cfg, sd
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing: what ctranslate2's own converter (TransformersConverter on a Hugging Face export) writes, byte for byte
+
+CT2_QUANTIZATIONS = ("float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                     "int16")  # ctranslate2's ACCEPTED_MODEL_TYPES
+_CT2_BINARY_VERSION = 6  # what ctranslate2 4.x writes
+_CT2_INT8 = ("int8", "int8_float32", "int8_float16", "int8_bfloat16")
+
+
+def ct2_variables(sd: Mapping[str, np.ndarray], cfg: WhisperConfig) -> dict[str, np.ndarray]:
+    """openai-named float32 arrays -> WhisperSpec's variables (float32, before aliasing and quantisation), the
+    inverse of :func:`load_ct2_state`: [q; k; v] fused with a zero key bias, cross-attention q and [k; v]."""
+    f32 = lambda name: np.asarray(sd[name], np.float32)  # noqa: E731
+    v: dict[str, np.ndarray] = {}
+
+    def linear(ct2: str, ours: str) -> None:
+        v[f"{ct2}/weight"], v[f"{ct2}/bias"] = f32(f"{ours}.weight"), f32(f"{ours}.bias")
+
+    def norm(ct2: str, ours: str) -> None:
+        v[f"{ct2}/gamma"], v[f"{ct2}/beta"] = f32(f"{ours}.weight"), f32(f"{ours}.bias")
+
+    def fused(ct2: str, ours: list[str]) -> None:
+        v[f"{ct2}/weight"] = np.concatenate([f32(f"{p}.weight") for p in ours])
+        v[f"{ct2}/bias"] = np.concatenate([np.zeros_like(f32(f"{p}.weight")[:, 0]) if p.endswith(".key")
+                                           else f32(f"{p}.bias") for p in ours])
+
+    linear("encoder/conv1", "encoder.conv1")
+    linear("encoder/conv2", "encoder.conv2")
+    v["encoder/position_encodings/encodings"] = f32("encoder.positional_embedding")
+    norm("encoder/layer_norm", "encoder.ln_post")
+    v["encoder/num_heads"] = np.int16(cfg.n_audio_head)
+    v["decoder/embeddings/weight"] = f32("decoder.token_embedding.weight")
+    v["decoder/position_encodings/encodings"] = f32("decoder.positional_embedding")
+    norm("decoder/layer_norm", "decoder.ln")
+    v["decoder/projection/weight"] = f32("decoder.token_embedding.weight")  # tied: stored as an alias
+    # the flags WhisperSpec fixes (TransformerDecoderSpec: pre-norm, exact GELU, no ALiBi, unscaled embeddings)
+    v.update({"decoder/num_heads": np.int16(cfg.n_text_head), "decoder/pre_norm": np.int8(1),
+              "decoder/activation": np.int8(3), "decoder/alignment_layer": np.int16(-1),
+              "decoder/alignment_heads": np.int16(1), "decoder/scale_embeddings": np.int8(0),
+              "decoder/alibi": np.int8(0), "decoder/alibi_use_positive_positions": np.int8(0),
+              "decoder/scale_alibi": np.int8(0), "decoder/start_from_zero_embedding": np.int8(0)})
+    for kind, n in (("encoder", cfg.n_audio_layer), ("decoder", cfg.n_text_layer)):
+        for i in range(n):
+            ct2, ours = f"{kind}/layer_{i}", f"{kind}.blocks.{i}"
+            norm(f"{ct2}/self_attention/layer_norm", f"{ours}.attn_ln")
+            fused(f"{ct2}/self_attention/linear_0", [f"{ours}.attn.{p}" for p in ("query", "key", "value")])
+            linear(f"{ct2}/self_attention/linear_1", f"{ours}.attn.out")
+            if kind == "decoder":
+                norm(f"{ct2}/attention/layer_norm", f"{ours}.cross_attn_ln")
+                linear(f"{ct2}/attention/linear_0", f"{ours}.cross_attn.query")
+                fused(f"{ct2}/attention/linear_1", [f"{ours}.cross_attn.key", f"{ours}.cross_attn.value"])
+                linear(f"{ct2}/attention/linear_2", f"{ours}.cross_attn.out")
+            norm(f"{ct2}/ffn/layer_norm", f"{ours}.mlp_ln")
+            linear(f"{ct2}/ffn/linear_0", f"{ours}.mlp.0")
+            linear(f"{ct2}/ffn/linear_1", f"{ours}.mlp.2")
+    return v
+
+
+def _ct2_aliases(v: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """ctranslate2's rule (LayerSpec._alias_variables): a non-scalar variable equal, element for element, to one
+    earlier in name order becomes an alias of the first such one."""
+    names = sorted(v)
+    aliases: dict[str, str] = {}
+    for j, name in enumerate(names):
+        if v[name].ndim == 0:
+            continue
+        for other in names[:j]:
+            if v[name].shape == v[other].shape and np.array_equal(v[name], v[other]):
+                aliases[name] = other
+                break
+    return aliases
+
+
+def _ct2_quantize(v: dict[str, np.ndarray], quantization: str | None) -> dict[str, np.ndarray]:
+    """ctranslate2's ``LayerSpec._quantize``, with the same float32 arithmetic: the weights of linear, conv and
+    embedding layers (those with a ``weight_scale``) become int8 with one scale per output row (127 / max|row|) or
+    int16 with one per tensor (2^10 / max|tensor|); every other float converts to the compute type."""
+    import ml_dtypes
+
+    floats = {"float16": np.float16, "int8_float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
+              "int8_bfloat16": ml_dtypes.bfloat16}.get(quantization, np.float32)
+    out: dict[str, np.ndarray] = {}
+    for name, x in v.items():
+        if x.ndim == 0 or quantization is None:
+            out[name] = x
+            continue
+        weight = name.endswith("/weight") and x.ndim >= 2  # every WhisperSpec variable with a weight_scale
+        if weight and quantization == "int16":
+            x = x.astype(np.float32)
+            scale = np.float32(2**10 / np.amax(np.absolute(x)))
+            out[name] = np.clip(np.rint(x * scale), np.iinfo(np.int16).min, np.iinfo(np.int16).max).astype(np.int16)
+            out[name + "_scale"] = scale
+        elif weight and quantization in _CT2_INT8:
+            rows = x.astype(np.float32).reshape(x.shape[0], -1)
+            amax = np.amax(np.absolute(rows), axis=1)
+            amax[amax == 0] = 127.0
+            amax = np.maximum(amax, np.float32(127) / np.finfo(np.float32).max)  # a finite scale for tiny rows
+            scale = 127.0 / amax
+            out[name] = np.rint(rows * np.expand_dims(scale, 1)).astype(np.int8).reshape(x.shape)
+            out[name + "_scale"] = scale
+        else:
+            out[name] = x.astype(floats)
+    return out
+
+
+def _ct2_model_bin(v: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> bytes:
+    """The model.bin layout :func:`read_ct2` reads; variables and aliases in name order, as ctranslate2 does."""
+    def string(s: str) -> bytes:
+        b = s.encode("utf-8")
+        return struct.pack("<H", len(b) + 1) + b + b"\0"
+
+    parts = [struct.pack("<I", _CT2_BINARY_VERSION), string("WhisperSpec"), struct.pack("<I", _CT2_REVISION)]
+    stored = sorted(k for k in v if k not in aliases)
+    parts.append(struct.pack("<I", len(stored)))
+    for name in stored:
+        x = np.asarray(v[name])  # a scalar stays rank 0 (ascontiguousarray would make it (1,))
+        dtype = "bfloat16" if x.dtype.name == "bfloat16" else x.dtype.name
+        parts += [string(name), struct.pack(f"<B{x.ndim}I", x.ndim, *x.shape),
+                  struct.pack("<BI", _CT2_DTYPES.index(dtype), x.nbytes), x.tobytes()]
+    parts.append(struct.pack("<I", len(aliases)))
+    parts += [string(a) + string(aliases[a]) for a in sorted(aliases)]
+    return b"".join(parts)
+
+
+def _save_ct2(sd: Mapping[str, np.ndarray], cfg: WhisperConfig, path: Path, heads: list[list[int]],
+              quantization: str | None) -> None:
+    """A faster-whisper model directory for ``cfg``'s vocabulary (one of this project's tokenizers)."""
+    from jax_whisper.formats.huggingface import _write_json, hf_tokenizer_files, suppress_ids
+    from jax_whisper.tokenizer import get_tokenizer, vocabulary_strings
+
+    v = ct2_variables(sd, cfg)
+    aliases = _ct2_aliases(v)  # compared before quantising, as ctranslate2 does
+    v = _ct2_quantize({k: x for k, x in v.items() if k not in aliases}, quantization)
+    tok = get_tokenizer(cfg)
+    path.mkdir()
+    (path / "model.bin").write_bytes(_ct2_model_bin(v, aliases))
+    _write_json(path / "config.json", {
+        "alignment_heads": heads, "lang_ids": sorted(tok.all_language_tokens), "suppress_ids": suppress_ids(tok),
+        "suppress_ids_begin": [220, tok.eot]})
+    (path / "vocabulary.json").write_text(json.dumps(vocabulary_strings(tok), indent=2), encoding="utf-8")
+    files = hf_tokenizer_files(cfg)
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        _write_json(path / name, files[name])

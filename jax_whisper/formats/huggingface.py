@@ -206,11 +206,88 @@ def _read_hf_weights(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _save_hf(model: Whisper, cfg: WhisperConfig, path: Path) -> None:
+def hf_generation_config(cfg: WhisperConfig, heads: list[list[int]]) -> dict[str, Any]:
+    """generation_config.json: what ``generate()`` needs besides the weights (decoder start, end, the suppressed
+    and begin-suppressed ids, the no-timestamps and previous-text tokens, languages and tasks) and the alignment
+    heads, with the ids of ``cfg``'s tokenizer. ctranslate2's converter reads the same fields."""
+    from jax_whisper.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(cfg)
+    # languages and tasks only for a multilingual model: with lang_to_id, generate() detects a language and
+    # prompts an English-only model with it (the hub's .en models have neither)
+    tasks = {task: i for task, i in (("transcribe", tok.transcribe), ("translate", tok.translate)) if i is not None}
+    languages = {f"<|{code}|>": i for code, i in zip(tok.all_language_codes, tok.all_language_tokens, strict=True)}
+    return {
+        **({"lang_to_id": languages, "task_to_id": tasks} if tok.is_multilingual else {}),
+        "alignment_heads": heads,
+        "begin_suppress_tokens": [220, tok.eot],
+        "bos_token_id": tok.eot, "eos_token_id": tok.eot, "pad_token_id": tok.eot,
+        "decoder_start_token_id": tok.sot,
+        "is_multilingual": tok.is_multilingual,
+        "max_initial_timestamp_index": 50,
+        "max_length": cfg.n_text_ctx,
+        "no_timestamps_token_id": tok.no_timestamps,
+        "prev_sot_token_id": tok.sot_prev,
+        "suppress_tokens": suppress_ids(tok),
+    }
+
+
+def suppress_ids(tok) -> list[int]:
+    """openai-whisper's ``suppress_tokens="-1"``: the non-speech symbols and the special tokens that are never
+    text (start of transcript, tasks, previous text, LM start, no speech), sorted."""
+    specials = (tok.sot, tok.transcribe, tok.translate, tok.sot_prev, tok.sot_lm, tok.no_speech)
+    return sorted({*tok.non_speech_tokens, *(i for i in specials if i is not None)})
+
+
+def hf_tokenizer_files(cfg: WhisperConfig) -> dict[str, dict[str, Any]]:
+    """The tokenizer and feature-extractor files of a hub Whisper directory, for ``cfg``'s vocabulary:
+    ``tokenizer.json`` (faster-whisper reads it too), ``tokenizer_config.json`` and ``preprocessor_config.json``
+    (``WhisperProcessor``; faster-whisper takes the mel count from it)."""
+    from jax_whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
+    from jax_whisper.tokenizer import EOT, get_tokenizer, hf_tokenizer_json, hub_name
+
+    tok = get_tokenizer(cfg)
+    # transformers finds the first timestamp as the last of these + 1: <|notimestamps|> must end the list
+    specials = [hub_name(tok, name) for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+                if name != EOT and i <= tok.no_timestamps]
+    return {
+        "tokenizer.json": hf_tokenizer_json(tok),
+        "tokenizer_config.json": {
+            "tokenizer_class": "WhisperTokenizer", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
+            "unk_token": EOT, "additional_special_tokens": specials, "add_prefix_space": False, "errors": "replace",
+            "model_max_length": 1024, "clean_up_tokenization_spaces": False, "processor_class": "WhisperProcessor"},
+        "preprocessor_config.json": {
+            "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "WhisperProcessor",
+            "feature_size": cfg.n_mels, "sampling_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH, "n_fft": N_FFT,
+            "chunk_length": N_SAMPLES // SAMPLE_RATE, "n_samples": N_SAMPLES, "nb_max_frames": N_SAMPLES // HOP_LENGTH,
+            "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False},
+    }
+
+
+def known_vocabulary(cfg: WhisperConfig) -> bool:
+    """Whether ``cfg.n_vocab`` is one of the project's tokenizers' (seed, English-only, multilingual)."""
+    from jax_whisper.tokenizer import get_tokenizer
+
+    try:
+        get_tokenizer(cfg)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _save_hf(model: Whisper, cfg: WhisperConfig, path: Path, heads: list[list[int]]) -> None:
     from safetensors.numpy import save_file
 
     path.mkdir()
     # proj_out.weight is left out: transformers ties it to the token embedding, as save_pretrained does
     tensors = {openai_to_hf_name(k): v for k, v in flax_to_numpy(model).items()}
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})  # transformers checks "format"
-    (path / "config.json").write_text(json.dumps(hf_config(cfg), indent=2, sort_keys=True) + "\n")
+    _write_json(path / "config.json", hf_config(cfg))
+    if known_vocabulary(cfg):  # a custom vocabulary has no tokenizer here: weights and config only
+        _write_json(path / "generation_config.json", hf_generation_config(cfg, heads))
+        for name, data in hf_tokenizer_files(cfg).items():
+            _write_json(path / name, data)
