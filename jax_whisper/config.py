@@ -179,6 +179,11 @@ DEFAULT_SPLITS = {  # (train, validation, test) per dataset kind
 }
 
 
+class RunConfigError(ValueError):
+    """A run asked for something that cannot work (flags that contradict each other or the initial checkpoint);
+    the scripts print it in one line."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. The defaults are the CPU recipe for the embedded corpus (the
@@ -186,6 +191,16 @@ class TrainConfig:
     ``TrainConfig.recipe("seed")`` is the original seed recipe (the seed model, batch 64, 10 epochs, lr 2e-4)."""
 
     # model
+    init_from: str | None = field(default=None, metadata={"help": "start from this checkpoint (any format "
+                                                                  "load_checkpoint reads, or a model name in a "
+                                                                  "local cache): its dims and tokenizer; audio "
+                                                                  "padded to its 30 s window"})
+    language: str | None = field(default=None, metadata={"help": "multilingual models: the prompt's language "
+                                                                 "(none: en)"})
+    task: str | None = field(default=None, metadata={"help": "multilingual models: transcribe or translate "
+                                                             "(none: transcribe)"})
+    freeze_encoder: bool = field(default=False, metadata={"help": "train the decoder only: no encoder gradients "
+                                                                  "or optimizer state"})
     preset: str | None = field(default=None, metadata={"help": "WhisperConfig preset (none: seed-cpu on a CPU, "
                                                                "seed on an accelerator)"})
     dtype: str = field(default="float32", metadata={"help": "compute dtype: float32 or bfloat16"})
@@ -252,6 +267,12 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    def __post_init__(self):
+        if self.freeze_encoder and (self.ctc_weight or self.ctc_only_steps):
+            raise RunConfigError(f"--freeze-encoder with the CTC loss (--ctc-weight {self.ctc_weight}, "
+                                 f"--ctc-only-steps {self.ctc_only_steps}): a frozen encoder has nothing for CTC "
+                                 f"to train; set both to 0 (--recipe finetune does)")
+
     @classmethod
     def recipe(cls, name: str, **overrides) -> TrainConfig:
         if name not in RECIPES:
@@ -269,13 +290,41 @@ class TrainConfig:
 
     def for_platform(self, platform: str) -> TrainConfig:
         """This run with its preset resolved for ``platform`` ("cpu", "gpu", "tpu", "cuda", ...): an unset preset
-        is ``seed-cpu`` on a CPU, where the seed model cannot align in a default run's time, else ``seed``."""
-        if self.preset is not None:
+        is ``seed-cpu`` on a CPU, where the seed model cannot align in a default run's time, else ``seed``
+        (a run ``init_from`` a checkpoint has no preset: its model is the checkpoint's)."""
+        if self.preset is not None or self.init_from is not None:
             return self
         return dataclasses.replace(self, preset="seed-cpu" if platform == "cpu" else "seed")
 
-    def model_config(self) -> WhisperConfig:
-        """The preset (unset: the CPU's, see :meth:`for_platform`) with ``model`` overrides and ``dropout``."""
+    def model_name(self) -> str:
+        """What the run trains, for titles and logs: the preset and its overrides, or the initial checkpoint."""
+        if self.init_from is not None:
+            return "/".join(Path(self.init_from).parts[-2:]) + " (fine-tuned)"
+        return f"{self.preset}" + (f" ({self.model})" if self.model else "")
+
+    def model_config(self, initial: WhisperConfig | None = None) -> WhisperConfig:
+        """The preset (unset: the CPU's, see :meth:`for_platform`) with ``model`` overrides and ``dropout``; for a
+        run ``init_from`` a checkpoint, that checkpoint's dims ``initial`` with ``dropout``. A preset or model
+        overrides beside ``init_from`` are refused: the checkpoint fixes the model."""
+        if self.init_from is not None:
+            if self.preset is not None or self.model:
+                flag = "--preset" if self.preset is not None else "--model"
+                raise RunConfigError(f"{flag} with --init-from {self.init_from}: the model is the checkpoint's (its "
+                                     f"dims and vocabulary); drop {flag}")
+            if initial is None:
+                raise ValueError("a run with init_from needs the checkpoint's dims (load it first)")
+            cfg = initial
+        else:
+            if self.language is not None or self.task is not None:
+                raise RunConfigError("--language/--task set the prompt of a multilingual checkpoint: they need "
+                                     "--init-from (a model trained from scratch has the seed vocabulary's English "
+                                     "prompt)")
+            cfg = self._preset_config()
+        if self.dropout is not None:
+            cfg = dataclasses.replace(cfg, dropout=float(self.dropout), attn_dropout=float(self.dropout))
+        return cfg
+
+    def _preset_config(self) -> WhisperConfig:
         cfg = WhisperConfig.preset(self.for_platform("cpu").preset)
         names = {f.name for f in fields(WhisperConfig)}
         overrides = {}
@@ -284,10 +333,7 @@ class TrainConfig:
             if not sep or key not in names:
                 raise ValueError(f"model override {item!r}: expected NAME=VALUE with NAME one of {sorted(names)}")
             overrides[key] = type(getattr(cfg, key))(value)
-        cfg = dataclasses.replace(cfg, **overrides)  # all at once: heads and widths must agree only at the end
-        if self.dropout is not None:
-            cfg = dataclasses.replace(cfg, dropout=float(self.dropout), attn_dropout=float(self.dropout))
-        return cfg
+        return dataclasses.replace(cfg, **overrides)  # all at once: heads and widths must agree only at the end
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -304,6 +350,10 @@ RECIPES = {
     "seed": dict(preset="seed", batch_size=64, epochs=10, max_steps=0, max_lr=2e-4, warmup_steps=500, dropout=None,
                  ctc_weight=0.0, ctc_only_steps=0, curriculum_epochs=0, buckets=5, eval_every=0,
                  checkpoint_every=500, dataset="gigaspeech", subset="xs"),
+    # fine-tuning a pretrained checkpoint (--init-from): a small lr after a short warmup, no dropout, no CTC head
+    "finetune": dict(max_lr=1e-4, warmup_steps=50, end_lr_ratio=0.0, weight_decay=0.01, dropout=0.0, ctc_weight=0.0,
+                     ctc_only_steps=0, curriculum_epochs=0, buckets=3, batch_size=16, epochs=1, max_steps=0,
+                     eval_every=100, eval_batch_size=16, checkpoint_every=100),
 }
 
 

@@ -76,7 +76,8 @@ def decode_texts(tokenizer: Tokenizer, tokens: Array | np.ndarray) -> list[str]:
 def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokenizer,
                        batches: Iterable[Mapping[str, Any]], *, max_tokens: int | None = None,
                        log_mel: Callable[[np.ndarray], Array] | None = None,
-                       to_host: Callable[[Array], np.ndarray] = np.asarray) -> list[dict[str, str]]:
+                       to_host: Callable[[Array], np.ndarray] = np.asarray,
+                       features: Callable[[int, Mapping[str, Any]], Array] | None = None) -> list[dict[str, str]]:
     """Greedy transcripts of the data pipeline's batches: ``[{"id", "reference", "hypothesis"}]`` for the rows
     with ``valid`` True, in batch order. The model must be in eval mode.
 
@@ -92,6 +93,8 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
     :func:`jax_whisper.parallel.local_rows`). Decoding prompts with
     ``tokenizer.sot_sequence_including_notimestamps`` and suppresses every special token but ``eot``;
     ``max_tokens`` defaults to all the text context can hold. Each distinct ``(B, S)`` compiles once.
+    ``features(k, batch)``, if given, returns batch ``k``'s encoder output instead (a caller that has already run
+    the encoder on it, e.g. for the teacher-forced loss, does not run it twice).
     """
     if log_mel is None:
         from jax_whisper.audio import log_mel_spectrogram
@@ -115,9 +118,14 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
         if not (valid.shape == (n,) and len(texts) == n and len(ids) == n):
             raise ValueError(f"batch {k}: {n} audio rows but valid {valid.shape}, {len(texts)} texts, "
                              f"{len(ids)} ids")
-        mel = log_mel(audio)
-        mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
-        tokens = to_host(greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress))
+        if features is None:
+            mel = log_mel(audio)
+            mel = mel[..., : mel.shape[-1] - mel.shape[-1] % 2]
+            tokens = greedy_decode(model, mel, prompt, eot=eot, max_tokens=max_tokens, suppress=suppress)
+        else:
+            tokens, _ = greedy_tokens(model, features(k, batch), prompt, eot=eot, max_tokens=max_tokens,
+                                      suppress=suppress)
+        tokens = to_host(tokens)
         hypotheses = decode_texts(tokenizer, tokens)
         results += [{"id": ids[r], "reference": texts[r], "hypothesis": hypotheses[r]}
                     for r in range(n) if valid[r]]

@@ -7,7 +7,9 @@ A backend provides::
 
     platform: str                                  "cpu", "gpu", "tpu", "cuda": picks the default preset
 
-    setup(tc, cfg, total_steps, out) -> str        build model, optimizer and checkpoints; returns a summary line
+    load_initial(path) -> WhisperConfig            read the checkpoint a run starts from (``init_from``); its dims
+    setup(tc, cfg, total_steps, out) -> str        build model (from those weights), optimizer and checkpoints;
+                                                   returns a summary line
     latest_step() -> int | None                    newest periodic checkpoint
     save(step, meta, best=False)                   a periodic (or the best) checkpoint holding ``meta`` (JSON-able)
     restore(step, best=False) -> dict              load a checkpoint in place; returns its ``meta``
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jax_whisper.config import TrainConfig
+from jax_whisper.config import RunConfigError, TrainConfig
 from jax_whisper.pipeline import drop_counts, make_iterator, open_splits, run_plans, train_dataset
 from jax_whisper.runlog import MetricsLog, claim_run_directory, plot_curves, write_json_atomic
 from jax_whisper.scoring import scoring_for
@@ -37,6 +39,20 @@ def _scores(r: dict) -> dict:
     """The scores of an evaluation that are logged and kept: loss, token accuracy, WER, the WER of each scoring
     group (``wer_heldout_voices``, ...) and the CTC head's WER when the model has one."""
     return {k: v for k, v in r.items() if k in ("loss", "accuracy", "wer", "ctc_wer") or k.startswith("wer_")}
+
+
+def run_tokenizer(tc: TrainConfig, cfg) -> object:
+    """The run's tokenizer: the model's vocabulary with the prompt ``tc`` asks for (a multilingual checkpoint's
+    language and task; openai-whisper's defaults, English transcription, when unset)."""
+    if not cfg.is_multilingual:
+        if tc.language not in (None, "en") or tc.task not in (None, "transcribe"):
+            raise RunConfigError(f"--language {tc.language} / --task {tc.task}: the model is English-only (its prompt "
+                             f"has no language or task token); drop them")
+        return get_tokenizer(cfg)
+    try:
+        return get_tokenizer(cfg, language=tc.language or "en", task=tc.task or "transcribe")
+    except ValueError as e:
+        raise RunConfigError(f"--language {tc.language} / --task {tc.task}: {e}") from None
 
 
 def fit(tc: TrainConfig, backend, *, log: Callable[[str], None] = print, stop_after: int | None = None,
@@ -65,8 +81,13 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
          shard_index: int, shard_count: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tc = tc.for_platform(backend.platform)  # the preset the run trains is the one its config.json names
-    cfg = tc.model_config()
-    tokenizer = get_tokenizer(cfg)
+    initial = None
+    if tc.init_from is not None:
+        initial = backend.load_initial(tc.init_from)
+        log(f"initial weights: {tc.init_from} ({initial.n_audio_layer}+{initial.n_text_layer} layers, "
+            f"{initial.n_audio_state} dims, vocabulary {initial.n_vocab})")
+    cfg = tc.model_config(initial)
+    tokenizer = run_tokenizer(tc, cfg)
     scoring = scoring_for(tc.dataset)
     shard = dict(shard_index=shard_index, shard_count=shard_count)
     lead = shard_index == 0
@@ -83,12 +104,13 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
     log(backend.setup(tc, cfg, total_steps, out))
 
     start, data_state, history, prior = 0, None, [], {"train_seconds": 0.0, "wall_seconds": 0.0}
-    best = {"wer": None, "step": None}
+    best, initial_scores = {"wer": None, "step": None}, None
     latest = backend.latest_step() if tc.resume else None
     if latest is not None:
         meta = backend.restore(latest)
         start, data_state, history, prior, best = (meta["step"], meta["data_state"], meta["history"], meta["clock"],
                                                    meta["best"])
+        initial_scores = meta.get("initial")
         log(f"resumed from {out / 'checkpoints'} at step {start}")
     elif tc.resume:
         log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch")
@@ -111,6 +133,7 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
 
     def meta(step: int) -> dict:
         return {"step": step, "data_state": it.get_state(), "history": history, "best": best, "clock": clock(),
+                "initial": initial_scores,
                 "model_config": json.loads(cfg.to_json()), "train_config": tc.to_dict()}
 
     bar = None
@@ -123,7 +146,7 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
 
     def draw() -> None:
         if lead:
-            model = tc.preset + (f" ({tc.model})" if tc.model else "")
+            model = tc.model_name()
             plot_curves(out, history, title=f"{model}: {tc.dataset}, batch {tc.batch_size}, lr {tc.max_lr:g}, "
                                             f"{total_steps} steps")
 
@@ -145,6 +168,13 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
             backend.save(step, meta(step), best=True)
         draw()
 
+    if tc.init_from is not None and start == 0:  # what the checkpoint does before training, decoded the same way
+        validate(0)
+        t_eval = time.time()
+        initial_scores = _scores(backend.evaluate(evals["test"], tokenizer, scoring))
+        eval_seconds += time.time() - t_eval
+        say("step 0: test WER " + ", ".join(f"{k[4:] or 'all'} {v:.1f}%" for k, v in initial_scores.items()
+                                             if k.startswith("wer")))
     status, step, window = "completed", start, []
     try:
         for step in range(start + 1, total_steps + 1):
@@ -187,6 +217,8 @@ def _fit(tc: TrainConfig, backend, out: Path, t0: float, *, log: Callable[[str],
     results = {"status": status, "steps": step, "train_minutes": c["train_seconds"] / 60,
                "wall_minutes": c["wall_seconds"] / 60, "val_wer": best["wer"], "best_step": best["step"],
                "history": history, "dropped": drop_counts(sources, plans)}
+    if initial_scores is not None:
+        results.update({f"initial_test_{k}": v for k, v in initial_scores.items()})
     if status == "completed":
         if best["step"] is not None and best["step"] != step:
             backend.restore(best["step"], best=True)

@@ -97,14 +97,17 @@ class Plan:
 
     def __init__(self, source: Source, tokenizer: Tokenizer, *, n_text_ctx: int, buckets: Sequence[int],
                  batch_size: int, seed: int = 0, curriculum_epochs: int = 0, shard_index: int = 0,
-                 shard_count: int = 1):
+                 shard_count: int = 1, window: int | None = None):
         if batch_size % shard_count:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {shard_count} processes")
         if not (0 <= shard_index < shard_count):
             raise ValueError(f"shard_index {shard_index} outside 0..{shard_count - 1}")
         self.source, self.tokenizer = source, tokenizer
         self.buckets = tuple(sorted(int(b) for b in buckets))
-        if any(b <= 0 or b % 2 for b in self.buckets):
+        self.window = window
+        if window is not None and (window <= 0 or window % 2):
+            raise ValueError(f"window must be a positive even frame count, got {window}")
+        if any(b <= 0 or (b % 2 and window is None) for b in self.buckets):
             raise ValueError(f"buckets must be positive even frame counts, got {self.buckets}")
         self.batch_size, self.seed, self.curriculum_epochs = batch_size, seed, curriculum_epochs
         self.shard_index, self.shard_count = shard_index, shard_count
@@ -116,8 +119,12 @@ class Plan:
             if pair is None:
                 self.stats.too_many_tokens += 1
                 continue
-            frames = frames_of(meta.duration) if meta.duration is not None else self.buckets[-1]
-            b = next((k for k, f in enumerate(self.buckets) if frames <= f), None)
+            if window is None:
+                frames = frames_of(meta.duration) if meta.duration is not None else self.buckets[-1]
+                b = next((k for k, f in enumerate(self.buckets) if frames <= f), None)
+            else:  # every row padded to the window; buckets by transcript length
+                fits = meta.duration is None or frames_of(meta.duration) <= window
+                b = next((k for k, n in enumerate(self.buckets) if len(pair[0]) <= n), None) if fits else None
             if b is None:
                 self.stats.too_long += 1
                 continue
@@ -144,7 +151,12 @@ class Plan:
 
     def shapes(self) -> list[tuple[int, int]]:
         """``(frames, text length)`` of every bucket in use: the shapes the train step compiles for."""
-        return [(f, t) for f, t, ks in zip(self.buckets, self.text_len, self.by_bucket, strict=True) if ks]
+        return [(self.frames(b), t) for b, (t, ks) in enumerate(zip(self.text_len, self.by_bucket, strict=True))
+                if ks]
+
+    def frames(self, bucket: int) -> int:
+        """Mel frames of a bucket's rows: its length, or with a ``window`` the window."""
+        return self.buckets[bucket] if self.window is None else self.window
 
     def epoch(self, epoch: int) -> list[tuple[int, list[int]]]:
         """The batches of ``epoch``: ``(bucket, item positions)`` in step order."""
@@ -185,7 +197,7 @@ class Plan:
 
     def collate(self, bucket: int, positions: Sequence[int | None]) -> dict:
         """Decode and pad the utterances at ``positions`` (item positions; None = filler) into a batch."""
-        frames, text_len = self.buckets[bucket], self.text_len[bucket]
+        frames, text_len = self.frames(bucket), self.text_len[bucket]
         n = len(positions)
         batch = {
             "audio": np.zeros((n, frames * HOP_LENGTH), np.float32),
@@ -245,14 +257,30 @@ def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources
     """A training run's plans, ``train`` / ``validation`` / ``test``: every split bucketed at the training set's
     duration quantiles, evaluation in ``tc.eval_batch_size`` batches. Evaluating a run's checkpoint afterwards
     with these very plans reproduces the run's own scores (padding changes greedy transcripts)."""
-    buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
-    shard = dict(shard_index=shard_index, shard_count=shard_count)
+    window = cfg.n_frames if tc.init_from is not None else None
+    if window is None:
+        buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
+    else:
+        buckets = text_buckets(sources["train"], tokenizer, cfg.n_text_ctx, tc.buckets)
+    shard = dict(shard_index=shard_index, shard_count=shard_count, window=window)
     plans = {"train": Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
                            batch_size=tc.batch_size, seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)}
+    # full-window evaluation has one audio shape: one text bucket too, so no bucket ends in a batch of filler rows
+    eval_buckets = buckets if window is None else (cfg.n_text_ctx,)
     for s in ("validation", "test"):
-        plans[s] = Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
+        plans[s] = Plan(sources[s], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=eval_buckets,
                         batch_size=tc.eval_batch_size, **shard)
     return plans
+
+
+def text_buckets(source: Source, tokenizer: Tokenizer, n_text_ctx: int, n_buckets: int) -> tuple[int, ...]:
+    """Decoder lengths at the quantiles of a training set's prompt + transcript lengths (rounded up to 8), the
+    last the whole text context: the buckets of a run whose audio is always the full window (a pretrained
+    checkpoint's), where only the text side varies."""
+    pairs = (tokenizer.encode_transcript(source.metadata(i).text, n_text_ctx) for i in range(len(source)))
+    lengths = [len(p[0]) for p in pairs if p is not None]
+    qs = np.quantile(np.asarray(lengths, float), [(i + 1) / n_buckets for i in range(n_buckets - 1)]) if lengths else []
+    return tuple(sorted({_round_up(int(math.ceil(q)), 8, n_text_ctx) for q in qs} | {n_text_ctx}))
 
 
 def drop_counts(sources: dict[str, Source], plans: dict[str, Plan]) -> dict[str, dict[str, int]]:
@@ -327,4 +355,4 @@ def iterate_eval(plan: Plan, **kw) -> Iterator[dict]:
 
 
 __all__ = ["ARRAY_KEYS", "HOP_LENGTH", "Item", "Plan", "PrepareStats", "drop_counts", "eval_dataset", "frames_of",
-           "iterate_eval", "make_iterator", "open_splits", "quantile_buckets", "train_dataset"]
+           "iterate_eval", "make_iterator", "open_splits", "quantile_buckets", "text_buckets", "train_dataset"]

@@ -198,12 +198,20 @@ def make_optimizer(*, max_lr: float, warmup_steps: int, total_steps: int, weight
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
+def trained(freeze_encoder: bool = False):
+    """The nnx filter of the parameters a run trains: all, or with ``freeze_encoder`` all but the encoder's."""
+    if freeze_encoder:
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("encoder")))
+    return nnx.Param
+
+
 def optimizer_for(tm: nnx.Module, tc: TrainConfig, total_steps: int) -> nnx.Optimizer:
-    """The run's optimizer over ``tm``'s parameters: :func:`make_optimizer` with ``tc``'s settings."""
+    """The run's optimizer over ``tm``'s trained parameters (:func:`trained`; a frozen encoder has no optimizer
+    state): :func:`make_optimizer` with ``tc``'s settings."""
     tx = make_optimizer(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
                         weight_decay=tc.weight_decay, b1=tc.b1, b2=tc.b2, eps=tc.eps, clip_norm=tc.clip_norm,
                         end_lr_ratio=tc.end_lr_ratio)
-    return nnx.Optimizer(tm, tx, wrt=nnx.Param)
+    return nnx.Optimizer(tm, tx, wrt=trained(tc.freeze_encoder))
 
 
 # ==========================================================================================================
@@ -282,14 +290,17 @@ def batch_losses(tm: TrainModel, batch: dict, *, n_mels: int, label_smoothing: f
 
 
 def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels: int, label_smoothing: float,
-                ctc_weight: float, grad_accum: int):
+                ctc_weight: float, grad_accum: int, freeze_encoder: bool = False):
     n_tok, n_chr = _counts(batch)  # over the global batch, so a sharded step equals the single-device one
     rows = batch["tokens"].shape[0]
     if rows % grad_accum:
         raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
 
-    def loss_fn(m, micro):
-        parts = batch_losses(m, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight)
+    if freeze_encoder and ctc_weight:
+        raise ValueError("a frozen encoder has no CTC loss to train: set ctc_weight to 0")
+
+    def loss_fn(m, micro, xa):
+        parts = batch_losses(m, micro, n_mels=n_mels, label_smoothing=label_smoothing, ctc_weight=ctc_weight, xa=xa)
         loss = parts["ce"] / n_tok
         if ctc_weight:  # (1 - w) * attention + w * CTC, each a per-token / per-character mean over the batch
             loss = (1.0 - ctc_weight) * loss + ctc_weight * parts["ctc"] / n_chr
@@ -300,7 +311,10 @@ def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels
         # rows k, k + grad_accum, ...: every device's own rows split evenly, so on a mesh no row moves between
         # devices (a contiguous slice would sit on a fraction of them), and the split is the same on any mesh
         micro = {key: v.reshape(-1, grad_accum, *v.shape[1:])[:, k] for key, v in batch.items()}
-        (loss, parts), g = nnx.value_and_grad(loss_fn, has_aux=True)(tm, micro)
+        # a frozen encoder runs outside the differentiated function: its forward pass builds no backward
+        xa = lax.stop_gradient(encode(tm, micro, n_mels=n_mels)) if freeze_encoder else None
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trained(freeze_encoder)), has_aux=True)
+        (loss, parts), g = grad_fn(tm, micro, xa)
         parts = {"loss": loss, **parts}
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         totals = parts if totals is None else jax.tree.map(jnp.add, totals, parts)
@@ -311,7 +325,8 @@ def _train_step(tm: TrainModel, optimizer: nnx.Optimizer, batch: dict, *, n_mels
             "accuracy": totals["correct"] / n_tok, "grad_norm": grad_norm, "tokens": n_tok}
 
 
-train_step = nnx.jit(_train_step, static_argnames=("n_mels", "label_smoothing", "ctc_weight", "grad_accum"),
+train_step = nnx.jit(_train_step, static_argnames=("n_mels", "label_smoothing", "ctc_weight", "grad_accum",
+                                                   "freeze_encoder"),
                      donate_argnames=("tm", "optimizer"))
 train_step.__doc__ = """One optimizer step (jitted). ``batch``: the array part of a :mod:`jax_whisper.pipeline` batch.
 Under ``jax.set_mesh(mesh)`` with state and batch placed by :mod:`jax_whisper.parallel`, the step runs sharded
@@ -319,18 +334,23 @@ and the new state keeps its layout. The model's and optimizer's arrays are donat
 arrays held before the call are invalid after it (copy what you want to keep, e.g. ``jax.tree.map(np.asarray,
 ...)``); on an accelerator that halves the memory of parameters and Adam moments.
 
+With ``freeze_encoder`` only the decoder is trained (``optimizer`` built with
+``optimizer_for`` of a run that freezes it): the encoder's output is computed without gradients.
+
 Returns metrics: ``loss`` (the optimised objective), ``ce`` (token cross-entropy per token), ``ctc`` (per
 character), ``accuracy`` (next-token argmax), ``grad_norm`` (before clipping), ``tokens``."""
 
 
 @nnx.jit(static_argnames=("n_mels",))
 def eval_step(tm: TrainModel, batch: dict, *, n_mels: int) -> dict:
-    """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``; with a CTC head
+    """Teacher-forced token loss sums of a batch (no smoothing): ``ce``, ``correct``, ``tokens``, and the encoder
+    output ``xa`` (greedy decoding reuses it); with a CTC head
     also its greedy path (argmax per encoder frame) ``ctc_path`` and real frames per row ``ctc_frames``, from the
     same encoder pass."""
     xa = encode(tm, batch, n_mels=n_mels)
     parts = batch_losses(tm, batch, n_mels=n_mels, xa=xa)
-    out = {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX)}
+    out = {"ce": parts["ce"], "correct": parts["correct"], "tokens": jnp.sum(batch["targets"] != IGNORE_INDEX),
+           "xa": xa}
     if tm.ctc is not None:
         out["ctc_path"] = jnp.argmax(tm.ctc(xa), axis=-1)
         out["ctc_frames"], _, _ = ctc_lengths(batch["n_samples"], batch["ctc_labels"], batch["ctc_paddings"],
@@ -443,19 +463,23 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
     from jax_whisper.evaluate import transcribe_batches
 
     tm.eval()
-    batches = list(iterate_eval(plan, num_threads=num_threads))
-    ce = correct = tokens = 0.0
+    sums = {"ce": 0.0, "correct": 0.0, "tokens": 0.0}
     ctc_refs, ctc_hyps = [], []
-    for b in batches:
+
+    def features(k: int, b: dict) -> jax.Array:  # one encoder pass per batch: the losses, then greedy decoding
         m = eval_step(tm, device_batch(b, mesh), n_mels=cfg.n_mels)
-        ce, correct, tokens = ce + float(m["ce"]), correct + float(m["correct"]), tokens + float(m["tokens"])
+        for key in sums:
+            sums[key] += float(m[key])
         if "ctc_path" in m:
             path, frames = parallel.local_rows(m["ctc_path"]), parallel.local_rows(m["ctc_frames"])
             keep = np.flatnonzero(b["valid"])
-            ctc_refs += [b["text"][r] for r in keep]
-            ctc_hyps += [ctc_decode(path[r, : frames[r]]) for r in keep]
-    log_mel = lambda audio: log_mel_spectrogram(parallel.global_array(mesh, audio), n_mels=cfg.n_mels)
-    rows = transcribe_batches(tm.whisper, cfg, tokenizer, batches, log_mel=log_mel, to_host=parallel.local_rows)
+            ctc_refs.extend(b["text"][r] for r in keep)
+            ctc_hyps.extend(ctc_decode(path[r, : frames[r]]) for r in keep)
+        return m["xa"]
+
+    rows = transcribe_batches(tm.whisper, cfg, tokenizer, iterate_eval(plan, num_threads=num_threads),
+                              to_host=parallel.local_rows, features=features)
+    ce, correct, tokens = sums["ce"], sums["correct"], sums["tokens"]
     wer = _process_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring)
     tm.train()
     out = {"loss": ce / max(tokens, 1), "accuracy": correct / max(tokens, 1), "wer": wer["wer"],
@@ -482,10 +506,13 @@ def _process_wer(refs: list[str], hyps: list[str], scoring: str) -> dict:
 # ==========================================================================================================
 
 
-def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
+def init_model(tc: TrainConfig, cfg: WhisperConfig, initial: Whisper | None = None) -> TrainModel:
+    """The model a run starts from: fresh weights, or ``initial``'s (a loaded checkpoint, ``tc.init_from``)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[tc.dtype]
     rngs = nnx.Rngs(params=tc.seed, dropout=tc.seed + 1)
     whisper = Whisper(cfg, dtype=dtype, rngs=rngs)
+    if initial is not None:  # the same dims (dropout may differ): every weight and buffer copied over
+        nnx.update(whisper, jax.tree.map(jnp.array, nnx.state(initial, (nnx.Param, Buffer))))
     ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS), rngs=rngs) if tc.ctc_weight or tc.ctc_only_steps else None
     tm = TrainModel(whisper, ctc)
     tm.train()
@@ -499,6 +526,18 @@ class FlaxBackend:
     def platform(self) -> str:
         return jax.default_backend()
 
+    initial: Whisper | None = None
+
+    def load_initial(self, path: str) -> WhisperConfig:
+        from jax_whisper.config import RunConfigError
+        from jax_whisper.convert import load_checkpoint, resolve_model
+
+        try:
+            cfg, self.initial = load_checkpoint(resolve_model(path))
+        except (OSError, ValueError) as e:  # not a checkpoint, not a Whisper, not found: named by the reader
+            raise RunConfigError(f"--init-from: {e}") from None
+        return cfg
+
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         self.tc, self.cfg = tc, cfg
         self.mesh = parallel.make_mesh(tc.fsdp)
@@ -506,14 +545,16 @@ class FlaxBackend:
         if tc.batch_size % (n * tc.grad_accum) or tc.eval_batch_size % n:
             raise ValueError(f"batch_size {tc.batch_size} (in {tc.grad_accum} micro-batches) and eval_batch_size "
                              f"{tc.eval_batch_size} must split evenly over the {n} devices")
-        self.tm = init_model(tc, cfg)
+        self.tm = init_model(tc, cfg, self.initial)
+        self.initial = None
         parallel.shard(self.mesh, self.tm)
         self.optimizer = optimizer_for(self.tm, tc, total_steps)  # moments created like their (sharded) params
         parallel.shard(self.mesh, self.optimizer)
         self.schedule = lr_schedule(max_lr=tc.max_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps,
                                     end_lr_ratio=tc.end_lr_ratio)
         self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
-        return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
+        return (f"model: {tc.model_name()}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
+                + (" (encoder frozen)" if tc.freeze_encoder else "")
                 + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
                 + f"; Flax on {jax.devices()[0].platform} x{jax.device_count()} in {jax.process_count()} process"
                 + "es" * (jax.process_count() > 1) + f", mesh data {self.mesh.shape['data']} x fsdp "
@@ -533,7 +574,8 @@ class FlaxBackend:
         with jax.set_mesh(self.mesh):  # the step pins its new state to the mesh layout (parallel.constrain)
             m = train_step(self.tm, self.optimizer, device_batch(batch, self.mesh),
                            n_mels=self.cfg.n_mels, label_smoothing=tc.label_smoothing,
-                           ctc_weight=tc.ctc_weight_at(step), grad_accum=tc.grad_accum)
+                           ctc_weight=tc.ctc_weight_at(step), grad_accum=tc.grad_accum,
+                           freeze_encoder=tc.freeze_encoder)
         return {k: float(v) for k, v in m.items()}  # replicated scalars: every process reads its own copy
 
     def lr(self, step: int) -> float:

@@ -257,6 +257,35 @@ def test_ct2_written_by_ctranslate2_converter(tmp_path, seed, quantization):
                 seed=seed, rel_l2=bound, max_abs=bound)
 
 
+def test_ct2_export_of_the_seed_vocabulary(tmp_path, seed):
+    """A model of the from-scratch seed vocabulary (50262 ids, a 5 s window, a 64-token text context) exports to a
+    directory ctranslate2 runs with the seed prompt, greedy tokens equal to ours; preprocessor_config.json gives
+    its 5 s window. faster-whisper's WhisperModel.transcribe does not run it (README, "Deploy"): it pads every
+    window to 30 s, decodes up to 448 tokens and looks up <|translate|>, <|startoflm|> and <|nospeech|>."""
+    import ctranslate2
+
+    from jax_whisper.decoding import embed_audio, greedy_tokens
+    from jax_whisper.tokenizer import get_tokenizer
+
+    cfg = dataclasses.replace(WhisperConfig.preset("seed"), n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                              n_text_state=64, n_text_head=2, n_text_layer=1)
+    _, jm = _small_model(seed, cfg)
+    out = save_checkpoint(jm, cfg, tmp_path / "seed-ct2", format="ctranslate2")
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert (pre["chunk_length"], pre["n_samples"], pre["nb_max_frames"]) == (5, 80000, 500)
+    tok = get_tokenizer(cfg)
+    prompt = list(tok.sot_sequence_including_notimestamps)
+    mel, _ = random_inputs(cfg, seed, batch=1)
+    model = ctranslate2.models.Whisper(str(out), device="cpu", compute_type="float32", intra_threads=2)
+    enc = model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=True)
+    n = 12
+    theirs = model.generate(enc, [prompt], beam_size=1, max_length=len(prompt) + 2 * n, suppress_blank=False,
+                            suppress_tokens=[])[0].sequences_ids[0]  # the tokens after the prompt
+    ours, _ = greedy_tokens(jm, embed_audio(jm, jnp.asarray(mel)), prompt, eot=tok.eot, max_tokens=n)
+    ours = np.asarray(ours)[0].tolist()
+    assert len(theirs) >= n and theirs[:n] == ours, f"seed {seed}: {theirs} vs {ours}"
+
+
 def test_ct2_tiny_en_matches_ctranslate2(seed):
     """faster-whisper's tiny.en (fp16 in model.bin, upcast exactly) against ctranslate2 running it in float32, on
     the JFK clip when the shared speech set is present (else an eSpeak sentence; on a random mel, far from

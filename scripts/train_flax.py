@@ -38,13 +38,14 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # orbax and absl are chatty at INFO
     logging.getLogger("jax_whisper").setLevel(logging.INFO)
+    from jax_whisper.config import RunConfigError
     from jax_whisper.datasets import DataError
     from jax_whisper.runlog import RunDirectoryError
     from jax_whisper.train import train
 
     try:
         results = train(tc)
-    except (RunDirectoryError, DataError) as e:  # a run's directory in use, an unusable dataset: one line
+    except (RunDirectoryError, DataError, RunConfigError) as e:  # directory in use, unusable data, bad flags: one line
         print(f"train_flax: error: {e}", file=sys.stderr)
         return 2
     return 0 if results["status"] == "completed" else 1

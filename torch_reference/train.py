@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.config import RunConfigError, TrainConfig, WhisperConfig
 from jax_whisper.loop import fit
 from jax_whisper.pipeline import ARRAY_KEYS, Plan, iterate_eval
 from jax_whisper.tokenizer import CTC_BLANK, CTC_CHARS, ctc_decode
@@ -383,6 +383,10 @@ class TorchBackend:
     """The PyTorch side of :func:`jax_whisper.loop.fit`: model, optimizer, step, checkpoints, evaluation."""
 
     platform = "cpu"  # init_model builds on the CPU
+
+    def load_initial(self, path: str) -> WhisperConfig:
+        raise RunConfigError(f"--init-from {path}: the PyTorch reference trainer starts from fresh weights only "
+                             f"(fine-tuning is scripts/train_flax.py --init-from)")
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         if tc.fsdp != 1 or tc.distributed or tc.coordinator:

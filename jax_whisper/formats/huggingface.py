@@ -243,10 +243,11 @@ def hf_tokenizer_files(cfg: WhisperConfig) -> dict[str, dict[str, Any]]:
     """The tokenizer and feature-extractor files of a hub Whisper directory, for ``cfg``'s vocabulary:
     ``tokenizer.json`` (faster-whisper reads it too), ``tokenizer_config.json`` and ``preprocessor_config.json``
     (``WhisperProcessor``; faster-whisper takes the mel count from it)."""
-    from jax_whisper.audio import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
+    from jax_whisper.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
     from jax_whisper.tokenizer import EOT, get_tokenizer, hf_tokenizer_json, hub_name
 
     tok = get_tokenizer(cfg)
+    window = cfg.n_frames * HOP_LENGTH  # the encoder's window (30 s for OpenAI's models; the seed's 5 s)
     # transformers finds the first timestamp as the last of these + 1: <|notimestamps|> must end the list
     specials = [hub_name(tok, name) for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
                 if name != EOT and i <= tok.no_timestamps]
@@ -259,7 +260,7 @@ def hf_tokenizer_files(cfg: WhisperConfig) -> dict[str, dict[str, Any]]:
         "preprocessor_config.json": {
             "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "WhisperProcessor",
             "feature_size": cfg.n_mels, "sampling_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH, "n_fft": N_FFT,
-            "chunk_length": N_SAMPLES // SAMPLE_RATE, "n_samples": N_SAMPLES, "nb_max_frames": N_SAMPLES // HOP_LENGTH,
+            "chunk_length": window // SAMPLE_RATE, "n_samples": window, "nb_max_frames": cfg.n_frames,
             "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False},
     }
 
