@@ -155,6 +155,7 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     from jax_whisper.config import TrainConfig
     from jax_whisper.convert import detect_format, load_checkpoint, training_checkpoint
     from jax_whisper.datasets import _SPLIT_ALIASES, SAMPLE_RATE, open_dataset
+    from jax_whisper.loop import run_tokenizer
     from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, open_splits, quantile_buckets, run_plans
     from jax_whisper.scoring import by_group
     from jax_whisper.tokenizer import get_tokenizer
@@ -167,10 +168,11 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
                 f"({checkpoint})")
         meta = json.loads((checkpoint / "meta" / "metadata").read_text())
         run = TrainConfig.from_dict(meta["train_config"])
-        if dataset not in (None, run.dataset):
-            run = None
     cfg, model = load_checkpoint(checkpoint)
-    tokenizer = get_tokenizer(cfg)
+    # a run's own prompt (a fine-tuned multilingual model's --language / --task), else the model's default
+    tokenizer = run_tokenizer(run, cfg) if run is not None else get_tokenizer(cfg)
+    if run is not None and dataset not in (None, run.dataset):
+        run = None
     dataset = dataset or (run.dataset if run else "synthetic")
     scoring = scoring or scoring_for(dataset)
     if run is not None and full_window is None:

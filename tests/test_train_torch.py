@@ -113,12 +113,54 @@ def test_train_end_to_end_and_resume(corpus_dir, tmp_path):
     assert [h["step"] for h in second["history"]] == [h["step"] for h in results["history"]]
 
 
-def test_torch_reference_never_imports_jax():
+def test_torch_reference_never_imports_jax(tmp_path):
+    """Not on import, nor when a run starts from a checkpoint of each format the torch trainer reads."""
+    from jax_whisper.convert import save_checkpoint
+    from jax_whisper.model import Whisper as FlaxWhisper
+
+    cfg = TrainConfig(preset="seed", model=TINY).model_config()
+    from flax import nnx
+
+    jm = FlaxWhisper(cfg, rngs=nnx.Rngs(0))
+    paths = [save_checkpoint(jm, cfg, tmp_path / name, format=fmt) for name, fmt in
+             (("a.pt", "openai"), ("b.safetensors", "torch"), ("c-hf", "hf"), ("d-ct2", "ctranslate2"))]
     code = ("import sys; import torch_reference.train, torch_reference.decoding, torch_reference.model; "
             "import torch_reference.audio; "
+            f"[torch_reference.train.TorchBackend().load_initial(p) for p in {[str(p) for p in paths]!r}]; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'optax')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_torch_fine_tuning_from_a_checkpoint(corpus_dir, tmp_path):
+    """--init-from an OpenAI .pt with a frozen encoder: the checkpoint's dims and weights, the step-0 test WER in
+    results.json, the encoder unchanged after the run; a Flax checkpoint is refused in one line (jax would be
+    needed to read it)."""
+    from flax import nnx
+
+    from jax_whisper.config import RunConfigError
+    from jax_whisper.convert import save_checkpoint
+    from jax_whisper.model import Whisper as FlaxWhisper
+    from torch_reference.train import TorchBackend
+
+    cfg = TrainConfig(preset="seed", model=TINY, dropout=0.0).model_config()
+    jm = FlaxWhisper(cfg, rngs=nnx.Rngs(3))
+    pt = save_checkpoint(jm, cfg, tmp_path / "init.pt", format="openai")
+    tc = tiny_config(corpus_dir, tmp_path / "run", preset=None, model="", init_from=str(pt), freeze_encoder=True,
+                     dropout=0.0, ctc_only_steps=0, ctc_weight=0.0, max_steps=4, eval_every=2)
+    lines: list[str] = []
+    results = train(tc, log=lines.append)
+    assert results["status"] == "completed" and "initial_test_wer" in results and "test_wer" in results
+    assert [h["step"] for h in results["history"]] == [0, 2, 4]
+    assert any("(encoder frozen)" in line for line in lines), lines
+    before = torch.load(pt, weights_only=True)["model_state_dict"]
+    after = _weights(tmp_path / "run" / "checkpoints" / "4" / MODEL_FILE)
+    enc = [k for k in before if k.startswith("encoder.") and k in after]
+    assert enc and all(torch.equal(before[k].float(), after[k]) for k in enc)
+    assert any(not torch.equal(before[k].float(), after[k]) for k in before if k.startswith("decoder."))
+    save_checkpoint(jm, cfg, tmp_path / "flax", format="flax")
+    with pytest.raises(RunConfigError, match=r"a Flax \(orbax\) checkpoint.*--to torch"):
+        TorchBackend().load_initial(str(tmp_path / "flax"))
 
 
 # ---- greedy decoding ----------------------------------------------------------------------------------------

@@ -362,12 +362,17 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
 # ==========================================================================================================
 
 
-def init_model(tc: TrainConfig, cfg: WhisperConfig) -> TrainModel:
-    """Fresh weights from ``torch.manual_seed(tc.seed)``, in training mode."""
+def init_model(tc: TrainConfig, cfg: WhisperConfig, initial: dict[str, np.ndarray] | None = None) -> TrainModel:
+    """Fresh weights from ``torch.manual_seed(tc.seed)``, or ``initial``'s (openai-named arrays of the checkpoint
+    ``tc.init_from``; fp16 widens exactly), in training mode; with ``tc.freeze_encoder`` the encoder's parameters
+    take no gradient (so its forward builds no backward, and the optimizer leaves it out)."""
     if tc.dtype != "float32":
         raise ValueError(f"the PyTorch reference trains in float32 only, got dtype={tc.dtype!r}")
     torch.manual_seed(tc.seed)
     whisper = Whisper(cfg)
+    if initial is not None:
+        whisper.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in initial.items()}, strict=True)
+    whisper.encoder.requires_grad_(not tc.freeze_encoder)
     ctc = CTCHead(cfg.n_audio_state, len(CTC_CHARS)) if tc.ctc_weight or tc.ctc_only_steps else None
     tm = TrainModel(whisper, ctc)
     tm.train()
@@ -384,19 +389,34 @@ class TorchBackend:
 
     platform = "cpu"  # init_model builds on the CPU
 
+    initial: dict[str, np.ndarray] | None = None
+
     def load_initial(self, path: str) -> WhisperConfig:
-        raise RunConfigError(f"--init-from {path}: the PyTorch reference trainer starts from fresh weights only "
-                             f"(fine-tuning is scripts/train_flax.py --init-from)")
+        from jax_whisper.formats.reading import detect_format, load_state, resolve_model  # no jax in these
+
+        try:
+            p = resolve_model(path)
+            fmt = detect_format(p)
+            if fmt not in ("flax", "flax-train"):
+                cfg, self.initial = load_state(p, fmt)
+                return cfg
+        except (OSError, ValueError) as e:  # not a checkpoint, not a Whisper, not found: named by the reader
+            raise RunConfigError(f"--init-from: {e}") from None
+        raise RunConfigError(f"--init-from {path}: a Flax (orbax) checkpoint, which the PyTorch trainer cannot "
+                             f"read without jax; convert it first: scripts/convert.py {path} model.safetensors "
+                             f"--to torch")
 
     def setup(self, tc: TrainConfig, cfg: WhisperConfig, total_steps: int, out: Path) -> str:
         if tc.fsdp != 1 or tc.distributed or tc.coordinator:
             raise ValueError("the PyTorch reference trains in one process on one device: --fsdp, --distributed and "
                              "--coordinator are for the Flax trainer")
         self.tc, self.cfg, self.total_steps = tc, cfg, total_steps
-        self.tm = init_model(tc, cfg)
+        self.tm = init_model(tc, cfg, self.initial)
+        self.initial = None
         self.optimizer, self.scheduler = optimizer_for(self.tm, tc, total_steps)
         self.ckpt = Checkpoints(out, keep=tc.keep_checkpoints)
-        return (f"model: {tc.preset}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
+        return (f"model: {tc.model_name()}, {num_params(self.tm.whisper) / 1e6:.1f}M parameters"
+                + (" (encoder frozen)" if tc.freeze_encoder else "")
                 + (f" + CTC head ({len(CTC_CHARS)} characters)" if self.tm.ctc is not None else "")
                 + f"; PyTorch on {self.tm.whisper.device}, {torch.get_num_threads()} threads")
 

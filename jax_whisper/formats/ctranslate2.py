@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.formats.mapping import _config_from
+from jax_whisper.formats.reading import _config_from
 
 # ---------------------------------------------------------------------------------------------------------------
 # CTranslate2 (faster-whisper) model.bin

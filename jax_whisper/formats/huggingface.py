@@ -10,16 +10,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.formats.mapping import _as_numpy, _config_from, flax_to_numpy
-from jax_whisper.model import Whisper, sinusoids
+from jax_whisper.formats.reading import _HF_WEIGHT_FILES, _as_numpy, _config_from
 
-_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                    "pytorch_model.bin.index.json")
+if TYPE_CHECKING:
+    from jax_whisper.model import Whisper
+
 
 
 # Hugging Face transformers
@@ -169,6 +169,8 @@ def load_hf_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.
     if unknown:
         raise ValueError(f"checkpoint {str(path)!r}: tensors that are not Whisper weights: {sorted(unknown)[:8]}")
     if "encoder.positional_embedding" not in state:  # fixed sinusoids, which some exports leave out
+        from jax_whisper.model import sinusoids  # (jax: only for such an export)
+
         state["encoder.positional_embedding"] = np.asarray(sinusoids(cfg.n_audio_ctx, cfg.n_audio_state))
     return cfg, state
 
@@ -282,6 +284,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _save_hf(model: Whisper, cfg: WhisperConfig, path: Path, heads: list[list[int]]) -> None:
     from safetensors.numpy import save_file
+
+    from jax_whisper.formats.mapping import flax_to_numpy
 
     path.mkdir()
     # proj_out.weight is left out: transformers ties it to the token embedding, as save_pretrained does

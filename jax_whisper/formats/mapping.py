@@ -14,7 +14,6 @@ modules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jax_whisper.config import WhisperConfig
+from jax_whisper.formats.reading import _as_numpy, _config_from  # noqa: F401 (re-exported)
 from jax_whisper.model import Buffer, Whisper
 
 if TYPE_CHECKING:
@@ -59,18 +59,6 @@ def _weight_paths(model_or_abstract: Whisper) -> dict[str, tuple[tuple, Any]]:
     """openai name -> (flax path, variable) for every parameter and buffer."""
     flat = nnx.to_flat_state(nnx.state(model_or_abstract, (nnx.Param, Buffer)))
     return {torch_name(path): (path, var) for path, var in flat}
-
-
-def _as_numpy(name: str, t: Any) -> np.ndarray:
-    if hasattr(t, "detach"):  # torch.Tensor without importing torch
-        t = t.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()  # numpy has no bfloat16; widening is exact
-        t = t.numpy()
-    try:
-        return np.asarray(t)
-    except Exception as e:  # noqa: BLE001
-        raise TypeError(f"tensor {name!r}: cannot convert {type(t).__name__} to an array") from e
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], cfg: WhisperConfig, *, dtype=jnp.float32, seed: int = 0
@@ -151,9 +139,3 @@ def num_params(model: Whisper) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def _config_from(source: Path, dims: Mapping[str, Any]) -> WhisperConfig:
-    try:
-        return WhisperConfig.from_dict(dims)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(source)!r}: dimensions {dict(dims)} do not make a WhisperConfig: {e}"
-                         ) from e

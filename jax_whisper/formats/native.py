@@ -9,14 +9,11 @@ import os
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jax_whisper.config import WhisperConfig
 from jax_whisper.formats.mapping import _concrete_rng_state
 from jax_whisper.model import Buffer, Whisper
-
-_CONFIG_KEY = "jax_whisper_config"  # safetensors metadata key holding the WhisperConfig as JSON
 
 
 def training_checkpoint(path: str | os.PathLike) -> Path:
@@ -30,20 +27,6 @@ def training_checkpoint(path: str | os.PathLike) -> Path:
         if steps:
             return p / sub / str(steps[0])
     raise FileNotFoundError(f"training run {str(p)!r} holds no finished checkpoint in best/ or checkpoints/")
-
-
-def load_torch_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
-    """Read a ``torch``-format checkpoint (safetensors, config in the metadata) as numpy arrays."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        if _CONFIG_KEY not in meta:
-            raise ValueError(f"checkpoint {str(path)!r}: safetensors metadata has no {_CONFIG_KEY!r} entry (not "
-                             f"written by this project; for a Hugging Face model pass its directory)")
-        cfg = WhisperConfig.from_json(meta[_CONFIG_KEY])
-        return cfg, {k: f.get_tensor(k) for k in f.keys()}
 
 
 def _save_flax(model: Whisper, cfg: WhisperConfig, path: Path) -> None:

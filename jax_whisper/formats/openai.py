@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.formats.mapping import _as_numpy, _config_from
+from jax_whisper.formats.reading import _as_numpy, _config_from
 
 
 def load_openai_state(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
