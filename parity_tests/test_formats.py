@@ -260,8 +260,9 @@ def test_ct2_written_by_ctranslate2_converter(tmp_path, seed, quantization):
 def test_ct2_export_of_the_seed_vocabulary(tmp_path, seed):
     """A model of the from-scratch seed vocabulary (50262 ids, a 5 s window, a 64-token text context) exports to a
     directory ctranslate2 runs with the seed prompt, greedy tokens equal to ours; preprocessor_config.json gives
-    its 5 s window. faster-whisper's WhisperModel.transcribe does not run it (README, "Deploy"): it pads every
-    window to 30 s, decodes up to 448 tokens and looks up <|translate|>, <|startoflm|> and <|nospeech|>."""
+    its 5 s window. faster-whisper's WhisperModel.transcribe does not run it (README, "The seed vocabulary in
+    faster-whisper"): it pads every window to 30 s, decodes up to 448 tokens and looks up <|translate|>,
+    <|startoflm|> and <|nospeech|>."""
     import ctranslate2
 
     from jax_whisper.decoding import embed_audio, greedy_tokens
