@@ -22,7 +22,7 @@ from jax import Array, lax
 
 from jax_whisper import parallel
 from jax_whisper.audio import log_mel_spectrogram
-from jax_whisper.config import TrainConfig, WhisperConfig
+from jax_whisper.config import RunConfigError, TrainConfig, WhisperConfig
 from jax_whisper.convert import num_params
 from jax_whisper.formats.native import check_data
 from jax_whisper.loop import fit
@@ -529,7 +529,6 @@ class FlaxBackend:
     initial: Whisper | None = None
 
     def load_initial(self, path: str) -> WhisperConfig:
-        from jax_whisper.config import RunConfigError
         from jax_whisper.convert import load_checkpoint, resolve_model
 
         try:

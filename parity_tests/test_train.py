@@ -24,7 +24,7 @@ from jax_whisper.convert import flax_to_torch, torch_to_flax
 from jax_whisper.datasets import SAMPLE_RATE, open_dataset
 from jax_whisper.pipeline import Plan, quantile_buckets
 from jax_whisper.tokenizer import CTC_CHARS, get_tokenizer
-from parity_tests.helpers import check_close
+from parity_tests.helpers import check_close, random_torch_model
 from torch_reference import train as ttrain
 
 CFG = dataclasses.replace(
@@ -190,14 +190,7 @@ def test_twenty_finetuning_steps_agree(corpus, seed, tmp_path, freeze_encoder):
     from jax_whisper.loop import run_tokenizer
     from jax_whisper.pipeline import run_plans
 
-    torch.manual_seed(seed)
-    source = ttrain.Whisper(PRETRAINED)
-    with torch.no_grad():
-        for name, p in source.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0.0, 0.02)
-            elif "ln" in name.split(".")[-2]:
-                p.add_(torch.randn_like(p) * 0.1)
+    source = random_torch_model(PRETRAINED, seed)
     pt = save_checkpoint(torch_to_flax(source.state_dict(), PRETRAINED), PRETRAINED, tmp_path / "pretrained.pt",
                          format="openai")
     tc = TrainConfig.recipe("finetune", init_from=str(pt), freeze_encoder=freeze_encoder, batch_size=BATCH,

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jax_whisper.config import WhisperConfig
-from jax_whisper.formats.reading import _as_numpy, _config_from  # noqa: F401 (re-exported)
+from jax_whisper.formats.reading import _as_numpy
 from jax_whisper.model import Buffer, Whisper
 
 if TYPE_CHECKING:
