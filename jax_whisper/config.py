@@ -201,6 +201,10 @@ class TrainConfig:
                                                              "(none: transcribe)"})
     freeze_encoder: bool = field(default=False, metadata={"help": "train the decoder only: no encoder gradients "
                                                                   "or optimizer state"})
+    timestamps: float = field(default=0.0, metadata={"help": "fraction of training utterances with known speech "
+                                                             "times (the synthetic corpus's, a manifest's speech_start/"
+                                                             "speech_end) trained with timestamp tokens, drawn each "
+                                                             "epoch (needs a vocabulary with timestamps: --init-from)"})
     preset: str | None = field(default=None, metadata={"help": "WhisperConfig preset (none: seed-cpu on a CPU, "
                                                                "seed on an accelerator)"})
     dtype: str = field(default="float32", metadata={"help": "compute dtype: float32 or bfloat16"})
@@ -268,6 +272,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if not 0.0 <= self.timestamps <= 1.0:
+            raise RunConfigError(f"--timestamps {self.timestamps}: expected a fraction of the utterances, 0 to 1")
         if self.freeze_encoder and (self.ctc_weight or self.ctc_only_steps):
             raise RunConfigError(f"--freeze-encoder with the CTC loss (--ctc-weight {self.ctc_weight}, "
                                  f"--ctc-only-steps {self.ctc_only_steps}): a frozen encoder has nothing for CTC "

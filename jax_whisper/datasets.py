@@ -18,7 +18,9 @@ Specs
     ``val``) / ``test``.
 ``manifest:PATH``
     A JSONL manifest, one ``{"audio": ..., "text": ...}`` per line (optional ``id``, ``duration``, and
-    ``group``, a subset evaluation scores apart; the synthetic corpus's ``heldout_voice`` sets it). Relative
+    ``group``, a subset evaluation scores apart; the synthetic corpus's ``heldout_voice`` sets it; and
+    ``speech_start`` / ``speech_end``, the seconds where the speech begins and ends, which timestamp targets
+    need; the synthetic corpus records them). Relative
     ``audio`` paths resolve against the manifest's folder, absolute ones are kept. If ``PATH`` is a
     directory, the manifest is ``PATH/<split>.jsonl``; if ``PATH`` contains ``{split}`` it is formatted with
     the split; otherwise ``PATH`` is used as-is and ``split`` is ignored.
@@ -97,6 +99,7 @@ class ItemMeta:
     text: str
     duration: float | None  # seconds, None when unknown before decoding
     group: str | None = None  # evaluation subset scored apart (the synthetic corpus: heldout_voices / train_voices)
+    span: tuple[float, float] | None = None  # (start, end) of the speech in seconds, for timestamp targets
 
 
 class DataError(ValueError):
@@ -363,7 +366,7 @@ class _Builder:
         self.refs: list[Any] = []
 
     def add(self, id_: str, text: str, duration: float | None, ref: Any, *, garbage: bool = False,
-            group: str | None = None) -> None:
+            group: str | None = None, span: tuple[float, float] | None = None) -> None:
         if garbage:
             self.stats.garbage += 1
             return
@@ -381,7 +384,7 @@ class _Builder:
             self.stats.too_long += 1
             return
         self.metas.append(ItemMeta(id=str(id_), text=text, duration=None if duration is None else float(duration),
-                                   group=group))
+                                   group=group, span=span))
         self.refs.append(ref)
 
     def build(self, load: Callable[[Any], np.ndarray], describe: Callable[[Any], str] = str) -> Source:
@@ -469,10 +472,24 @@ def open_manifest(
             except (TypeError, ValueError):
                 raise DataError(f"{where}: \"duration\" must be a number of seconds, got {row['duration']!r}"
                                 ) from None
+            span = _span(row, duration, where)
             audio = str((path.parent / row["audio"]).resolve())  # absolute paths survive the join
             id_ = row.get("id") or Path(row["audio"]).stem or f"{path.stem}-{lineno}"
-            b.add(str(id_), collapse_whitespace(row.get("text")), duration, audio, group=_group(row))
+            b.add(str(id_), collapse_whitespace(row.get("text")), duration, audio, group=_group(row), span=span)
     return b.build(read_audio_file)
+
+
+def _span(row: dict, duration: float | None, where: str) -> tuple[float, float] | None:
+    """A manifest row's ``(speech_start, speech_end)``: both or neither, numbers with 0 <= start <= end (<= the
+    row's duration when it gives one)."""
+    start, end = row.get("speech_start"), row.get("speech_end")
+    if start is None and end is None:
+        return None
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (start, end))
+    if not ok or not 0 <= start <= end < float("inf") or (duration is not None and end > duration + 1e-3):
+        raise DataError(f"{where}: \"speech_start\" and \"speech_end\" must be seconds with 0 <= start <= end"
+                        f"{' <= duration' if duration is not None else ''}, got {start!r} and {end!r}")
+    return float(start), float(end)
 
 
 def _group(row: dict) -> str | None:

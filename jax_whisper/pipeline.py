@@ -10,7 +10,10 @@ decoded), deterministically from ``(seed, epoch)``:
 * each bucket is shuffled and cut into batches; a bucket's last partial batch is completed with utterances
   from the start of the same shuffle, so nothing is dropped and every batch is full;
 * the batches of all buckets are shuffled together, or, during the first ``curriculum_epochs``, ordered
-  shortest bucket first (SortaGrad), which helps the decoder align with the audio early.
+  shortest bucket first (SortaGrad), which helps the decoder align with the audio early;
+* with ``timestamps = p``, an utterance whose speech start and end are known is trained in Whisper's timestamped
+  form (``<|start|> text <|end|>`` instead of ``<|notimestamps|>`` text) with probability ``p``, drawn anew for
+  every epoch from ``(seed, epoch, item)`` (distil-whisper's ``timestamp_probability``).
 
 Step ``s`` of the run is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so the whole run is
 a grain ``MapDataset`` indexed by step: decoding runs in grain's threads or worker processes, and the
@@ -39,9 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jax_whisper.config import DEFAULT_SPLITS, TrainConfig, WhisperConfig
+from jax_whisper.config import DEFAULT_SPLITS, RunConfigError, TrainConfig, WhisperConfig
 from jax_whisper.datasets import SAMPLE_RATE, DataError, Source, open_dataset
-from jax_whisper.tokenizer import IGNORE_ID, Tokenizer, ctc_encode
+from jax_whisper.tokenizer import IGNORE_ID, N_TIMESTAMPS, TIME_PRECISION, Tokenizer, ctc_encode
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Item:
     tokens: tuple[int, ...]
     targets: tuple[int, ...]
     ctc: tuple[int, ...]
+    timestamped: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (tokens, targets) with timestamps
 
 
 @dataclass
@@ -83,6 +87,7 @@ class PrepareStats:
     kept: int = 0
     too_many_tokens: int = 0  # transcript longer than the text context: dropped, never truncated
     too_long: int = 0  # longer than the largest bucket
+    untimed: int = 0  # with timestamps asked for: kept, but always trained without them (no speech times known)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,7 +102,7 @@ class Plan:
 
     def __init__(self, source: Source, tokenizer: Tokenizer, *, n_text_ctx: int, buckets: Sequence[int],
                  batch_size: int, seed: int = 0, curriculum_epochs: int = 0, shard_index: int = 0,
-                 shard_count: int = 1, window: int | None = None):
+                 shard_count: int = 1, window: int | None = None, timestamps: float = 0.0):
         if batch_size % shard_count:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {shard_count} processes")
         if not (0 <= shard_index < shard_count):
@@ -110,6 +115,12 @@ class Plan:
         if any(b <= 0 or (b % 2 and window is None) for b in self.buckets):
             raise ValueError(f"buckets must be positive even frame counts, got {self.buckets}")
         self.batch_size, self.seed, self.curriculum_epochs = batch_size, seed, curriculum_epochs
+        if not 0.0 <= timestamps <= 1.0:
+            raise ValueError(f"timestamps is a probability in [0, 1], got {timestamps}")
+        if timestamps and tokenizer.timestamp_begin is None:
+            raise ValueError(f"timestamps need a vocabulary with timestamp tokens; the {tokenizer.vocab!r} "
+                             f"vocabulary has none")
+        self.timestamps = timestamps
         self.shard_index, self.shard_count = shard_index, shard_count
         self.stats = PrepareStats()
         items: list[Item] = []
@@ -119,23 +130,30 @@ class Plan:
             if pair is None:
                 self.stats.too_many_tokens += 1
                 continue
+            timed = None
+            if timestamps and meta.span is not None and meta.span[1] <= (N_TIMESTAMPS - 1) * TIME_PRECISION:
+                timed = tokenizer.encode_transcript(meta.text, n_text_ctx, span=meta.span)
+            if timestamps and timed is None:
+                self.stats.untimed += 1
+            longest = max(len(pair[0]), len(timed[0]) if timed else 0)
             if window is None:
                 frames = frames_of(meta.duration) if meta.duration is not None else self.buckets[-1]
                 b = next((k for k, f in enumerate(self.buckets) if frames <= f), None)
             else:  # every row padded to the window; buckets by transcript length
                 fits = meta.duration is None or frames_of(meta.duration) <= window
-                b = next((k for k, n in enumerate(self.buckets) if len(pair[0]) <= n), None) if fits else None
+                b = next((k for k, n in enumerate(self.buckets) if longest <= n), None) if fits else None
             if b is None:
                 self.stats.too_long += 1
                 continue
-            items.append(Item(i, b, tuple(pair[0]), tuple(pair[1]), tuple(ctc_encode(meta.text))))
+            items.append(Item(i, b, tuple(pair[0]), tuple(pair[1]), tuple(ctc_encode(meta.text)),
+                              (tuple(timed[0]), tuple(timed[1])) if timed else None))
         if not items:
             raise DataError(f"{source.name}: no usable utterances ({self.stats.as_dict()}, source drops "
                              f"{source.stats.as_dict()})")
         self.stats.kept = len(items)
         self.items = items
         self.by_bucket = [[k for k, it in enumerate(items) if it.bucket == b] for b in range(len(self.buckets))]
-        self.text_len = [_round_up(max((len(items[k].tokens) for k in ks), default=1), 8, n_text_ctx)
+        self.text_len = [_round_up(max((_longest(items[k]) for k in ks), default=1), 8, n_text_ctx)
                          for ks in self.by_bucket]
         self.ctc_len = _round_up(max(max(len(it.ctc) for it in items), 1), 8)
         self.batches_per_bucket = [math.ceil(len(ks) / batch_size) for ks in self.by_bucket]
@@ -195,8 +213,16 @@ class Plan:
                 out.append((b, chunk[self.shard_index * per:(self.shard_index + 1) * per]))
         return out
 
-    def collate(self, bucket: int, positions: Sequence[int | None]) -> dict:
-        """Decode and pad the utterances at ``positions`` (item positions; None = filler) into a batch."""
+    def timestamped(self, epoch: int, position: int) -> bool:
+        """Whether item ``position`` is trained with timestamps in ``epoch`` (probability ``timestamps``)."""
+        item = self.items[position]
+        if item.timestamped is None:
+            return False
+        return self.timestamps >= 1.0 or np.random.default_rng([self.seed, epoch, position]).random() < self.timestamps
+
+    def collate(self, bucket: int, positions: Sequence[int | None], epoch: int | None = None) -> dict:
+        """Decode and pad the utterances at ``positions`` (item positions; None = filler) into a batch; a
+        training batch gives its ``epoch``, which draws the rows trained with timestamps (evaluation: none)."""
         frames, text_len = self.frames(bucket), self.text_len[bucket]
         n = len(positions)
         batch = {
@@ -224,8 +250,11 @@ class Plan:
                 continue
             batch["audio"][r, : audio.shape[0]] = audio
             batch["n_samples"][r] = audio.shape[0]
-            batch["tokens"][r, : len(item.tokens)] = item.tokens
-            batch["targets"][r, : len(item.targets)] = item.targets
+            tokens, targets = item.tokens, item.targets
+            if epoch is not None and self.timestamps and self.timestamped(epoch, pos):
+                tokens, targets = item.timestamped
+            batch["tokens"][r, : len(tokens)] = tokens
+            batch["targets"][r, : len(targets)] = targets
             batch["ctc_labels"][r, : len(item.ctc)] = item.ctc
             batch["ctc_paddings"][r, : len(item.ctc)] = 0.0
             batch["valid"][r] = True
@@ -257,6 +286,9 @@ def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources
     """A training run's plans, ``train`` / ``validation`` / ``test``: every split bucketed at the training set's
     duration quantiles, evaluation in ``tc.eval_batch_size`` batches. Evaluating a run's checkpoint afterwards
     with these very plans reproduces the run's own scores (padding changes greedy transcripts)."""
+    if tc.timestamps and tokenizer.timestamp_begin is None:
+        raise RunConfigError(f"--timestamps {tc.timestamps}: the {tokenizer.vocab!r} vocabulary has no timestamp tokens "
+                             f"(start from an OpenAI checkpoint with --init-from)")
     window = cfg.n_frames if tc.init_from is not None else None
     if window is None:
         buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)
@@ -264,7 +296,11 @@ def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources
         buckets = text_buckets(sources["train"], tokenizer, cfg.n_text_ctx, tc.buckets)
     shard = dict(shard_index=shard_index, shard_count=shard_count, window=window)
     plans = {"train": Plan(sources["train"], tokenizer, n_text_ctx=cfg.n_text_ctx, buckets=buckets,
-                           batch_size=tc.batch_size, seed=tc.seed, curriculum_epochs=tc.curriculum_epochs, **shard)}
+                           batch_size=tc.batch_size, seed=tc.seed, curriculum_epochs=tc.curriculum_epochs,
+                           timestamps=tc.timestamps, **shard)}
+    if tc.timestamps and plans["train"].stats.untimed == len(plans["train"]):
+        raise DataError(f"--timestamps {tc.timestamps}: {sources['train'].name} gives no utterance's speech times "
+                        f"(manifest fields speech_start and speech_end, in seconds)")
     # full-window evaluation has one audio shape: one text bucket too, so no bucket ends in a batch of filler rows
     eval_buckets = buckets if window is None else (cfg.n_text_ctx,)
     for s in ("validation", "test"):
@@ -296,6 +332,10 @@ def drop_counts(sources: dict[str, Source], plans: dict[str, Plan]) -> dict[str,
     return out
 
 
+def _longest(item: Item) -> int:
+    return max(len(item.tokens), len(item.timestamped[0]) if item.timestamped else 0)
+
+
 def _round_up(n: int, multiple: int, cap: int | None = None) -> int:
     n = -(-n // multiple) * multiple
     return n if cap is None else min(n, cap)
@@ -308,7 +348,7 @@ class _TrainBatch:
         self.plan = plan
 
     def __call__(self, step: int) -> dict:
-        return self.plan.collate(*self.plan.step(step))
+        return self.plan.collate(*self.plan.step(step), epoch=int(step) // self.plan.steps_per_epoch)
 
 
 class _EvalBatch:

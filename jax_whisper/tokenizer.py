@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property, lru_cache
 from pathlib import Path
@@ -75,6 +76,7 @@ NO_TIMESTAMPS = "<|notimestamps|>"
 TRANSCRIBE = "<|transcribe|>"
 TRANSLATE = "<|translate|>"
 N_TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|> in 20 ms steps
+TIME_PRECISION = 0.02  # seconds per timestamp step
 
 # GPT-2's pre-tokenization regex; both Whisper rank files were trained with it.
 _PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -349,28 +351,47 @@ class Tokenizer:
 
     # ---- training ----
 
-    def encode_transcript(self, text: str, n_text_ctx: int, *, mask_prompt: bool = False
-                          ) -> tuple[list[int], list[int]] | None:
+    def encode_transcript(self, text: str, n_text_ctx: int, *, span: tuple[float, float] | None = None,
+                          mask_prompt: bool = False) -> tuple[list[int], list[int]] | None:
         """One training example: ``(tokens, targets)``, or None if it does not fit ``n_text_ctx``.
 
         ``tokens`` = ``sot_sequence_including_notimestamps`` + the ids of ``" " + text.strip()``
         (Whisper's leading-space convention; empty text adds no ids). ``targets`` = ``tokens`` shifted left
         by one, ending in ``eot``; same length. Never truncates: a cut transcript would teach the model
         to stop mid-sentence, so the caller drops (and counts) the None examples instead.
+        With ``span = (start, end)`` seconds the example is Whisper's timestamped form, one segment:
+        ``sot_sequence`` + ``<|start|>`` + text + ``<|end|>`` (start rounded down, end up, to 20 ms, so the segment
+        covers the speech); ValueError if the vocabulary has no timestamps or the span is outside 0..30 s.
         With ``mask_prompt`` the targets that merely predict the fixed prompt (language, task,
         notimestamps) are ``IGNORE_ID``, so neither the loss nor token accuracy counts them.
         """
         if not (isinstance(n_text_ctx, int) and n_text_ctx > 0):
             raise ValueError(f"n_text_ctx must be a positive int, got {n_text_ctx!r}")
         stripped = text.strip()
-        prompt = list(self.sot_sequence_including_notimestamps)
-        tokens = prompt + (self.encode(" " + stripped) if stripped else [])
+        ids = self.encode(" " + stripped) if stripped else []
+        if span is None:
+            prompt = list(self.sot_sequence_including_notimestamps)
+            tokens = prompt + ids
+        else:
+            prompt = list(self.sot_sequence)
+            tokens = prompt + [self.timestamp_token(span[0], math.floor)] + ids + [self.timestamp_token(span[1],
+                                                                                                     math.ceil)]
         if len(tokens) > n_text_ctx:
             return None
         targets = tokens[1:] + [self.eot]
         if mask_prompt:
             targets[: len(prompt) - 1] = [IGNORE_ID] * (len(prompt) - 1)
         return tokens, targets
+
+    def timestamp_token(self, seconds: float, rounding: Callable[[float], int] = round) -> int:
+        """The id of the timestamp ``seconds`` (20 ms steps, ``rounding`` to a step); ValueError outside 0..30 s
+        or in a vocabulary without timestamps (the seed's)."""
+        if self.timestamp_begin is None:
+            raise ValueError(f"the {self.vocab!r} vocabulary has no timestamp tokens")
+        i = int(rounding(round(seconds / TIME_PRECISION, 6)))  # 6 places: 0.06 s is step 3, not 3.0000000000000004
+        if not 0 <= i < N_TIMESTAMPS:
+            raise ValueError(f"timestamp {seconds!r} s is outside 0..{(N_TIMESTAMPS - 1) * TIME_PRECISION:.2f} s")
+        return self.timestamp_begin + i
 
     def pad_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], length: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -188,6 +188,9 @@ def test_unreadable_at_decode_time_is_skipped_and_logged(tmp_path, caplog):
     (b'{"audio": "a.wav", "text": ["a", "list"]}', 'line 2: "text" must be a string, got list'),
     (b'{"audio": "a.wav", "text": "x", "duration": "long"}', 'line 2: "duration" must be a number'),
     (b'{"audio": "a.wav", "text": "x", "duration": -1}', 'line 2: "duration" must be a number'),
+    (b'{"audio": "a.wav", "text": "x", "speech_start": 0.2}', 'line 2: "speech_start" and "speech_end" must be'),
+    (b'{"audio": "a.wav", "text": "x", "speech_start": 0.4, "speech_end": 0.2}', '0.4 and 0.2'),
+    (b'{"audio": "a.wav", "text": "x", "duration": 1, "speech_start": 0, "speech_end": 2}', "<= duration"),
 ])
 def test_a_malformed_manifest_line_is_an_error_naming_file_and_line(tmp_path, line, expected):
     sf.write(tmp_path / "a.wav", _tone(0.5), SR)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ from flax import nnx
 from jax_whisper import train as train_mod
 from jax_whisper.config import PRESETS, RunConfigError, TrainConfig
 from jax_whisper.convert import flax_to_numpy, load_checkpoint, save_checkpoint
-from jax_whisper.datasets import open_dataset
+from jax_whisper.datasets import DataError, open_dataset
 from jax_whisper.model import Whisper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +160,36 @@ def test_flags_that_cannot_work_are_refused(pretrained, cache_dir, tmp_path):
     with pytest.raises(RunConfigError, match="--init-from: .*not a recognised format"):
         (tmp_path / "notes.txt").write_text("not a model")
         train_mod.train(finetune_config(cache_dir, tmp_path / "b", tmp_path / "notes.txt"))
+
+
+def test_timestamp_targets_train_and_are_refused_where_they_cannot_work(pretrained, cache_dir, tmp_path):
+    """--timestamps 1: every training row in Whisper's timestamped form (the synthetic corpus knows each utterance's
+    speech times), the run completes; refused for the seed vocabulary, for a dataset without speech times and
+    outside 0..1."""
+    from jax_whisper.loop import run_tokenizer
+    from jax_whisper.pipeline import open_splits, run_plans
+
+    tc = finetune_config(cache_dir, tmp_path / "ts", pretrained, timestamps=1.0, max_steps=2, eval_every=2)
+    tok = run_tokenizer(tc, SMALL)
+    plan = run_plans(tc, SMALL, tok, open_splits(tc, SMALL))["train"]
+    assert plan.stats.untimed == 0
+    batch = plan.collate(*plan.step(0), epoch=0)
+    assert list(batch["tokens"][:, 1]) == [
+        tok.timestamp_token(plan.source.metadata(plan.items[k].index).span[0], math.floor) for k in plan.step(0)[1]]
+    assert train_mod.train(tc)["status"] == "completed"
+    with pytest.raises(RunConfigError, match="--timestamps 0.5: the 'seed' vocabulary has no timestamp tokens"):
+        run_plans(TrainConfig(timestamps=0.5), PRESETS["seed"], run_tokenizer(TrainConfig(), PRESETS["seed"]), {})
+    base = next(Path(cache_dir).glob("v*"))
+    rows = [json.loads(line) for line in (base / "train.jsonl").read_text().splitlines()]
+    manifest = tmp_path / "untimed.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": str(base / r["audio"]), "text": r["text"]}) + "\n"
+                                for r in rows))
+    untimed = dataclasses.replace(tc, dataset=f"manifest:{manifest}", train_split="train", val_split="train",
+                                  test_split="train")
+    with pytest.raises(DataError, match="gives no utterance's speech times"):
+        run_plans(untimed, SMALL, tok, open_splits(untimed, SMALL))
+    with pytest.raises(RunConfigError, match="--timestamps 1.5: expected a fraction"):
+        TrainConfig(timestamps=1.5)
 
 
 def test_a_multilingual_checkpoint_trains_with_its_language_prompt(cache_dir, tmp_path):

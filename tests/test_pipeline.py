@@ -25,8 +25,9 @@ TOK = get_tokenizer("seed")
 WORDS = "the red fox jumps over a lazy dog near river bank today".split()
 
 
-def make_source(n=37, seed=0, unreadable=(), long_text=(), max_seconds=5.0):
-    """``n`` utterances of 0.3-4.5 s; their audio is a ramp encoding the index, so batches can be checked."""
+def make_source(n=37, seed=0, unreadable=(), long_text=(), max_seconds=5.0, timed=False):
+    """``n`` utterances of 0.3-4.5 s; their audio is a ramp encoding the index, so batches can be checked. With
+    ``timed`` three in four have speech times."""
     rng = np.random.default_rng(seed)
     metas, refs = [], []
     for i in range(n):
@@ -34,7 +35,8 @@ def make_source(n=37, seed=0, unreadable=(), long_text=(), max_seconds=5.0):
         text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 8))))
         if i in long_text:
             text = " ".join(["hippopotamus"] * 40)  # far more than 64 tokens
-        metas.append(ItemMeta(id=f"u{i}", text=text, duration=dur))
+        span = (0.1, dur - 0.05) if timed and i % 4 else None
+        metas.append(ItemMeta(id=f"u{i}", text=text, duration=dur, span=span))
         refs.append(i)
 
     def load(i):
@@ -183,3 +185,42 @@ def test_eval_dataset_matches_plan():
     ds = eval_dataset(plan)
     ids = [i for k in range(len(ds)) for i, v in zip(ds[k]["id"], ds[k]["valid"], strict=True) if v]
     assert sorted(ids) == sorted(f"u{i}" for i in range(10))
+
+
+def test_timestamps_are_drawn_per_epoch_with_probability_p():
+    """With ``timestamps=p`` an item with speech times is trained in the timestamped form with probability p, drawn
+    anew each epoch from (seed, epoch, item) (so resumes and processes agree); items without times never are; the
+    text length of a bucket holds the longer form."""
+    en = get_tokenizer("tiny.en")
+    src = make_source(120, timed=True)
+    plan = Plan(src, en, n_text_ctx=448, buckets=(16, 24, 448), batch_size=4, window=3000, timestamps=0.5)
+    assert plan.stats.untimed == 30 and plan.stats.kept == 120
+    for b, ks in enumerate(plan.by_bucket):
+        assert all(len(plan.items[k].timestamped[0] if plan.items[k].timestamped else plan.items[k].tokens)
+                   <= plan.text_len[b] for k in ks)
+    drawn = np.array([[plan.timestamped(e, k) for k in range(len(plan))] for e in range(8)])
+    timed = np.array([it.timestamped is not None for it in plan.items])
+    assert not drawn[:, ~timed].any()
+    assert abs(drawn[:, timed].mean() - 0.5) < 0.06  # 720 draws: 4.4 standard deviations
+    assert (drawn[0] != drawn[1]).any()  # a new draw each epoch
+    assert (drawn == [[plan.timestamped(e, k) for k in range(len(plan))] for e in range(8)]).all()
+    # a training batch carries the drawn form, an evaluation batch never does
+    step = next(s for s in range(plan.steps_per_epoch)
+                if any(drawn[0][k] for k in plan.step(s)[1]) and not all(drawn[0][k] for k in plan.step(s)[1]))
+    bucket, chunk = plan.step(step)
+    batch = train_dataset(plan, plan.steps_per_epoch)[step]
+    for r, k in enumerate(chunk):
+        item = plan.items[k]
+        tokens, targets = item.timestamped if drawn[0][k] else (item.tokens, item.targets)
+        assert list(batch["tokens"][r, : len(tokens)]) == list(tokens)
+        assert list(batch["targets"][r, : len(targets)]) == list(targets)
+        assert (en.no_timestamps in tokens) != bool(drawn[0][k])
+    assert en.no_timestamps in plan.collate(bucket, chunk)["tokens"][:, 1]
+
+
+def test_timestamps_need_timestamp_tokens_and_a_probability():
+    with pytest.raises(ValueError, match="'seed' vocabulary has none"):
+        plan_for(make_source(8), timestamps=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        Plan(make_source(8), get_tokenizer("tiny.en"), n_text_ctx=448, buckets=(448,), batch_size=4, window=3000,
+             timestamps=1.5)

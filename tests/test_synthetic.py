@@ -20,6 +20,8 @@ ROW_KEYS = {
     "text": str,
     "voice": str,
     "duration": float,
+    "speech_start": float,
+    "speech_end": float,
     "n_words": int,
     "num_samples": int,
     "id": str,
@@ -144,6 +146,10 @@ def test_manifest_schema_and_layout(tiny):
             assert r["audio"] == f"{split}/{r['id']}.flac"  # relative to the corpus directory
             assert (root / r["audio"]).is_file()
             assert r["n_words"] == len(r["text"].split())
+    from jax_whisper.datasets import open_manifest
+
+    metas = [open_manifest(manifests["test"]).metadata(i) for i in range(len(rows["test"]))]
+    assert [m.span for m in metas] == [(r["speech_start"], r["speech_end"]) for r in rows["test"]]
     loaded = S.load_manifest(manifests["test"])
     assert all(os.path.isabs(r["audio"]) and os.path.isfile(r["audio"]) for r in loaded)
 
@@ -199,6 +205,12 @@ def test_flac_files_decode_to_16k_mono_not_silent(tiny):
             assert np.sqrt(np.mean(audio**2)) > 0.01
             assert 0.25 < np.abs(audio).max() <= 1.0
             assert np.all(audio[:400] == 0.0)  # a clean (noise-free) utterance starts with a silent margin
+            # the speech times bound the sound: silence outside, the first and last loud samples at the edges
+            start, end = round(r["speech_start"] * sr), round(r["speech_end"] * sr)
+            assert 0.05 * sr - 1 <= start < end <= audio.size - round(0.05 * sr) + 1
+            assert np.all(audio[:start] == 0.0) and np.all(audio[end:] == 0.0)
+            loud = np.flatnonzero(np.abs(audio) > 0.005 * np.abs(audio).max())
+            assert abs(loud[0] - start) <= 2 and abs(loud[-1] + 1 - end) <= 2
             durations.append(r["duration"])
             words.append(r["n_words"])
     # the audio belongs to the text: longer sentences take longer to say

@@ -228,6 +228,27 @@ def test_encode_transcript_variants():
     assert masked[:3] == [tk.IGNORE_ID] * 3 and masked[3:] == plain[3:]
 
 
+def test_encode_transcript_with_timestamps(wt):
+    """Whisper's timestamped form of one segment: the prompt without <|notimestamps|>, <|start|> text <|end|>; the
+    start rounded down and the end up to 20 ms (the segment covers the speech); ids and text as openai-whisper's."""
+    en, ref = get_tokenizer("tiny.en"), wt.get_tokenizer(False)
+    tokens, targets = en.encode_transcript("hello there", 448, span=(0.131, 1.2))
+    tb = ref.timestamp_begin
+    assert tokens == [ref.sot, tb + 6, *ref.encode(" hello there"), tb + 60]
+    assert targets == tokens[1:] + [ref.eot]
+    assert ref.decode_with_timestamps(tokens[1:]) == "<|0.12|> hello there<|1.20|>"
+    ml = get_tokenizer(multilingual=True, language="de", task="transcribe")
+    tokens, _ = ml.encode_transcript("Guten Tag", 448, span=(0.0, 30.0))
+    assert tokens[:4] == [*wt.get_tokenizer(True, language="de").sot_sequence, ml.timestamp_begin]
+    assert tokens[-1] == ml.timestamp_begin + 1500
+    n = len(tokens)
+    assert ml.encode_transcript("Guten Tag", n - 1, span=(0.0, 30.0)) is None  # dropped, not cut
+    with pytest.raises(ValueError, match="outside 0..30.00 s"):
+        en.encode_transcript("hi", 448, span=(0.0, 30.03))
+    with pytest.raises(ValueError, match="'seed' vocabulary has no timestamp"):
+        get_tokenizer("seed").encode_transcript("hi", 64, span=(0.0, 1.0))
+
+
 def test_pad_batch(seed):
     a = seed.encode_transcript("a short one", 64)
     b = seed.encode_transcript("a somewhat longer transcript than the first", 64)

@@ -34,7 +34,7 @@ from jax_whisper.synthetic.grammar import _generator, normalize_text
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows give the speech's start and end (speech_start, speech_end) for timestamp targets
 SPLITS = ("train", "validation", "test")
 
 # Training hears many voices: an unseen voice is recognised far better by a model that heard 70 than by one that
@@ -97,8 +97,9 @@ def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _render(
     item: _Item, margin: tuple[float, float] = (0.05, 0.2), max_duration: float = 5.0
-) -> np.ndarray | None:
-    """The utterance as int16 at 16 kHz, or None when longer than ``max_duration`` (never truncated)."""
+) -> tuple[np.ndarray, int, int] | None:
+    """The utterance as int16 at 16 kHz with the sample where its speech starts and the speech's length in samples,
+    or None when longer than ``max_duration`` (never truncated)."""
     rng = np.random.default_rng(item.seed)
     speech = _trim(ESpeak().synthesize(item.text, item.voice, item.rate, item.pitch))
     if speech.size == 0:
@@ -113,16 +114,17 @@ def _render(
         power = float(np.mean(speech.astype(np.float64) ** 2))
         audio += _noise(rng, audio.size) * np.sqrt(power / 10 ** (item.snr_db / 10))
     audio *= rng.uniform(0.3, 0.9) / max(float(np.abs(audio).max()), 1e-9)  # random peak level
-    return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16), lead, speech.size
 
 
 def _make(item: _Item, root: str, margin: tuple[float, float], max_duration: float) -> dict | None:
     """Render and write one utterance; the manifest row, or None if it was too long."""
     import soundfile as sf
 
-    pcm = _render(item, margin, max_duration)
-    if pcm is None:
+    rendered = _render(item, margin, max_duration)
+    if rendered is None:
         return None
+    pcm, lead, n_speech = rendered
     rel = f"{item.split}/{item.id}.flac"
     sf.write(os.path.join(root, rel), pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     row = {
@@ -130,6 +132,8 @@ def _make(item: _Item, root: str, margin: tuple[float, float], max_duration: flo
         "text": item.text,
         "voice": item.voice,
         "duration": round(pcm.size / SAMPLE_RATE, 4),
+        "speech_start": round(lead / SAMPLE_RATE, 6),  # the trimmed speech between the margins, to the sample
+        "speech_end": round((lead + n_speech) / SAMPLE_RATE, 6),
         "n_words": item.n_words,
         "num_samples": int(pcm.size),
         "id": item.id,
