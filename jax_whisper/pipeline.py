@@ -287,8 +287,8 @@ def run_plans(tc: TrainConfig, cfg: WhisperConfig, tokenizer: Tokenizer, sources
     duration quantiles, evaluation in ``tc.eval_batch_size`` batches. Evaluating a run's checkpoint afterwards
     with these very plans reproduces the run's own scores (padding changes greedy transcripts)."""
     if tc.timestamps and tokenizer.timestamp_begin is None:
-        raise RunConfigError(f"--timestamps {tc.timestamps}: the {tokenizer.vocab!r} vocabulary has no timestamp tokens "
-                             f"(start from an OpenAI checkpoint with --init-from)")
+        raise RunConfigError(f"--timestamps {tc.timestamps}: the {tokenizer.vocab!r} vocabulary has no timestamp "
+                             f"tokens (start from an OpenAI checkpoint with --init-from)")
     window = cfg.n_frames if tc.init_from is not None else None
     if window is None:
         buckets = quantile_buckets(sources["train"].durations(), cfg.n_frames, tc.buckets)

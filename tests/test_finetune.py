@@ -177,7 +177,7 @@ def test_timestamp_targets_train_and_are_refused_where_they_cannot_work(pretrain
     assert list(batch["tokens"][:, 1]) == [
         tok.timestamp_token(plan.source.metadata(plan.items[k].index).span[0], math.floor) for k in plan.step(0)[1]]
     assert train_mod.train(tc)["status"] == "completed"
-    with pytest.raises(RunConfigError, match="--timestamps 0.5: the 'seed' vocabulary has no timestamp tokens"):
+    with pytest.raises(RunConfigError, match="--timestamps 0.5: the .seed. vocabulary has no timestamp"):
         run_plans(TrainConfig(timestamps=0.5), PRESETS["seed"], run_tokenizer(TrainConfig(), PRESETS["seed"]), {})
     base = next(Path(cache_dir).glob("v*"))
     rows = [json.loads(line) for line in (base / "train.jsonl").read_text().splitlines()]
