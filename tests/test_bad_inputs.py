@@ -175,11 +175,13 @@ def test_cli_subtitles_of_several_files_need_an_output_dir_and_names_must_not_co
                                                 str(tmp_path / "b.wav")])
     assert (status, out) == (2, "") and "use --output-dir DIR --output-format srt" in err and err.count("\n") == 1
     # a directory keeps sub-paths (sub/a), so only two inputs of the same stem given side by side collide
-    assert [n for _, n in _script("transcribe").find_inputs([str(tmp_path)])] == ["a", "b", os.path.join("sub", "a")]
+    from jax_whisper.cli import transcribe as cli_transcribe
+
+    assert [n for _, n in cli_transcribe.find_inputs([str(tmp_path)])] == ["a", "b", os.path.join("sub", "a")]
     status, _, err = _run_main("transcribe", ["--model", "unused", "--output-dir", str(tmp_path / "o"),
                                               str(tmp_path / "a.wav"), str(tmp_path / "sub" / "a.flac")])
     assert status == 2 and "would both write" in err and not (tmp_path / "o").exists()
-    assert _script("transcribe").OUTPUT_FORMATS == tuple(OUTPUT_FORMATS)  # the script's copy of the list
+    assert cli_transcribe.OUTPUT_FORMATS == tuple(OUTPUT_FORMATS)  # the command's copy of the list
 
 
 # ---- machine-readable output ----------------------------------------------------------------------------------

@@ -343,5 +343,7 @@ def test_cli_finds_audio_in_directories(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.wav", "a/b/y.FLAC", "a/b/notes.txt", "z.mp3"):
         (tmp_path / name).write_bytes(b"")
-    files = _cli().find_files([str(tmp_path / "a"), str(tmp_path / "z.mp3"), str(tmp_path / "missing.ogg")])
+    from jax_whisper.cli.transcribe import find_files
+
+    files = find_files([str(tmp_path / "a"), str(tmp_path / "z.mp3"), str(tmp_path / "missing.ogg")])
     assert [Path(f).name for f in files] == ["y.FLAC", "x.wav", "z.mp3", "missing.ogg"]
