@@ -121,3 +121,47 @@ class Whisper64:
             x = self._block(f"decoder.blocks.{i}", x, xa, self.n_text_head, True)
         x = _layer_norm(x, w["decoder.ln.weight"], w["decoder.ln.bias"])
         return x @ w["decoder.token_embedding.weight"].T
+
+
+def window_tokens(result: Mapping) -> dict[int, list[int]]:
+    """A ``transcribe`` result's sampled tokens per window (``seek``), concatenated from its segments."""
+    out: dict[int, list[int]] = {}
+    for s in result["segments"]:
+        out.setdefault(int(s["seek"]), []).extend(int(t) for t in s["tokens"])
+    return out
+
+
+def first_divergence(ours: Mapping, theirs: Mapping) -> tuple[int, int, list[int], int, int] | None:
+    """Where two greedy ``transcribe`` results of one file part: ``(seek, index, common prefix, our token, their
+    token)`` in the first window whose tokens differ, or None if every window's tokens agree (a token missing
+    at the end counts as -1)."""
+    a, b = window_tokens(ours), window_tokens(theirs)
+    for seek in sorted(set(a) | set(b)):
+        x, y = a.get(seek, []), b.get(seek, [])
+        if x == y:
+            continue
+        if seek not in a or seek not in b:
+            return seek, 0, [], x[0] if x else -1, y[0] if y else -1
+        j = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+        return seek, j, x[:j], x[j] if j < len(x) else -1, y[j] if j < len(y) else -1
+    return None
+
+
+def judge(model: Whisper64, audio: np.ndarray, ours: Mapping, theirs: Mapping, sot_sequence) -> dict | None:
+    """The float64 model's verdict where two greedy transcriptions of ``audio`` part: the logits of both tokens
+    after the common prefix, teacher-forced on the float64 log-mel of that window as openai-whisper's
+    ``transcribe`` cuts it (the log-mel of the audio plus 30 s of zeros; from ``seek`` up to 3000 frames of the
+    audio's own, zero-padded to 3000). None if the tokens never differ."""
+    where = first_divergence(ours, theirs)
+    if where is None:
+        return None
+    seek, index, prefix, a, b = where
+    full = log_mel64(audio, padding=N_SAMPLES)
+    content = full.shape[1] - 3000
+    mel = full[:, seek:seek + min(3000, content - seek)]
+    mel = np.pad(mel, ((0, 0), (0, 3000 - mel.shape[1])))
+    logits = model.logits([*sot_sequence, *prefix], model.encode(mel)[-1])[-1]
+    top2 = np.sort(logits)[-2:]
+    return {"seek": seek, "index": index, "ours": a, "theirs": b,
+            "margin": float(logits[a] - logits[b]) if min(a, b) >= 0 else None,
+            "top_gap": float(top2[1] - top2[0]), "argmax": int(np.argmax(logits))}

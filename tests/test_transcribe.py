@@ -6,10 +6,13 @@ faster-whisper reads the original directory. All three get the same 16 kHz array
 soxr, since openai-whisper's own loader needs an ffmpeg binary). Speech: sentences synthesised here with eSpeak
 NG, and the recorded speech of ``../shared/speech_eval`` (or ``$SPEECH_EVAL``; those tests skip when it is absent).
 
-CPU budget: by default 6 eSpeak sentences and 6 speech_eval files (both JFK files, one test-clean, one dev-clean
-and two test-other utterances); ``JAX_WHISPER_FULL_PARITY=1`` compares 40 sentences and all 109 files (greedy and
-beam search), which the README's WER figures come from (about 25 minutes on 2 cores, openai-whisper's share the
-largest).
+Every run compares the greedy transcripts of 6 eSpeak sentences and of all 109 speech_eval files with openai-whisper's
+and faster-whisper's (a regression test over the whole corpus: a CPU or library change that moves one transcript
+shows here). Where ours parts from both peers, the float64 model (``parity_tests/reference64.py``) judges: at the
+first token where the decodes differ, its logits must prefer our token. The other checks (beam search, the
+CTranslate2 and Hugging Face exports) use 6 of the files (both JFK files, one test-clean, one dev-clean and two
+test-other utterances); ``JAX_WHISPER_FULL_PARITY=1`` runs them on every file and 40 sentences (about 25 minutes
+on 2 cores, openai-whisper's share the largest).
 """
 
 from __future__ import annotations
@@ -44,13 +47,18 @@ def _manifest() -> list[dict]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows if FULL else [r for r in rows if r["id"] in DEFAULT_SPEECH]
+    return rows
 
 
 MANIFEST = _manifest()
 LIBRISPEECH = [r["id"] + Path(r["audio"]).suffix for r in MANIFEST if r["corpus"].startswith("librispeech")]
 IDS = [f"espeak-{i:02d}" for i in range(N_ESPEAK)] + [r["id"] + Path(r["audio"]).suffix for r in MANIFEST]
 needs_speech = pytest.mark.skipif(not MANIFEST, reason=f"no speech_eval corpus at {SPEECH}")
+
+
+def subset(corpus) -> list[str]:
+    """The files the costlier checks use: all in full mode, else the eSpeak sentences and DEFAULT_SPEECH."""
+    return [i for i in corpus if FULL or i.startswith("espeak") or i.rsplit(".", 1)[0] in DEFAULT_SPEECH]
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +132,28 @@ def _report(what: str) -> None:
     _TIMES.clear()
 
 
+@pytest.fixture(scope="module")
+def float64(tiny):
+    """tiny.en in float64 (parity_tests/reference64.py), the judge of near-ties."""
+    from jax_whisper.convert import flax_to_torch
+    from parity_tests.reference64 import Whisper64
+
+    return Whisper64(flax_to_torch(tiny["jm"]), tiny["cfg"].n_audio_head, tiny["cfg"].n_text_head)
+
+
 @pytest.mark.parametrize("item", IDS)
-def test_greedy_transcripts_identical(greedy, item):
+def test_greedy_transcripts_identical(tiny, greedy, corpus, float64, item):
     ours, openai, faster = greedy["ours"][item], greedy["openai"][item], greedy["faster"][item]
+    if ours["text"] != openai["text"] and openai["text"].strip() == faster.strip():
+        # both peers against us: a float32 near-tie (README, "Identical transcripts"); float64 decides who is right
+        from jax_whisper.tokenizer import get_tokenizer
+        from parity_tests.reference64 import judge
+
+        verdict = judge(float64, corpus[item][0], ours, openai, get_tokenizer(tiny["cfg"]).sot_sequence)
+        assert verdict is not None and verdict["margin"] is not None and verdict["margin"] > 0, (item, verdict)
+        print(f"\n{item}: ours and the peers part at window {verdict['seek']}, token {verdict['index']}; float64 "
+              f"prefers ours by {verdict['margin']:.4f} (logits)")
+        return
     assert ours["text"] == openai["text"], item
     assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
         (s["start"], s["end"], s["text"]) for s in openai["segments"]], item
@@ -175,7 +202,7 @@ def test_ctranslate2_export_transcribes_as_the_original(tiny, corpus, greedy, tm
     out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "ct2", format="ctranslate2",
                           heads=checkpoint_alignment_heads(tiny["path"], tiny["cfg"]))
     fw = _faster_whisper(out)
-    for i in corpus:
+    for i in subset(corpus):
         segments, _ = fw.transcribe(corpus[i][0], language="en", beam_size=1, temperature=0.0,
                                     condition_on_previous_text=False)
         assert "".join(s.text for s in segments) == greedy["faster"][i], i
@@ -195,7 +222,7 @@ def test_hf_export_generates_as_ours(tiny, corpus, tmp_path):
 
     out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "hf", format="hf")
     hm = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
-    ids = list(corpus)
+    ids = subset(corpus)
     mels = np.stack([np.asarray(log_mel_spectrogram(pad_or_trim(corpus[i][0]))) for i in ids])
     ours = decode(tiny["jm"], mels, DecodingOptions(without_timestamps=True))
     eot = get_tokenizer(tiny["cfg"]).eot
