@@ -145,7 +145,7 @@ def float64(tiny):
 def test_greedy_transcripts_identical(tiny, greedy, corpus, float64, item):
     ours, openai, faster = greedy["ours"][item], greedy["openai"][item], greedy["faster"][item]
     if ours["text"] != openai["text"] and openai["text"].strip() == faster.strip():
-        # both peers against us: a float32 near-tie (README, "Identical transcripts"); float64 decides who is right
+        # both peers against us: the float64 model decides who is right (README, "Identical transcripts")
         from jax_whisper.tokenizer import get_tokenizer
         from parity_tests.reference64 import judge
 
