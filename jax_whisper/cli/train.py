@@ -23,28 +23,33 @@ import sys
 
 
 def main(argv=None, prog: str | None = None) -> int:
+    return run(argv, prog, description=__doc__, trainer="jax_whisper.train", name="train_flax")
+
+
+def run(argv, prog: str | None, *, description: str, trainer: str, name: str) -> int:
+    """Parse the TrainConfig flags and train with ``trainer``'s ``train`` (the Flax or the PyTorch trainer);
+    refusals (a directory in use, unusable data, flags that cannot work) end in one line prefixed ``name``."""
+    import importlib
+
     from jax_whisper.config import add_config_arguments, config_from_args
 
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     try:
         tc = config_from_args(parser.parse_args(argv))
     except ValueError as e:  # --resume with flags that would change the stored run
-        print(f"train_flax: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # orbax and absl are chatty at INFO
     logging.getLogger("jax_whisper").setLevel(logging.INFO)
     from jax_whisper.config import RunConfigError
     from jax_whisper.datasets import DataError
     from jax_whisper.runlog import RunDirectoryError
-    from jax_whisper.train import train
 
     try:
-        results = train(tc)
+        results = importlib.import_module(trainer).train(tc)
     except (RunDirectoryError, DataError, RunConfigError) as e:  # directory in use, unusable data, bad flags: one line
-        print(f"train_flax: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     return 0 if results["status"] == "completed" else 1
-
-
