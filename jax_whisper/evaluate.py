@@ -137,6 +137,22 @@ def transcribe_batches(model: nnx.Module, cfg: WhisperConfig, tokenizer: Tokeniz
 # ==========================================================================================================
 
 
+def resolve_run(checkpoint, log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """``(checkpoint, run)``: for a training run directory (or one of its checkpoints) the step directory to load
+    (its best, else the latest periodic one, said in ``log``) and the run's ``TrainConfig``; else ``checkpoint``
+    as given and None. Resolved once, so loading and planning read the same step."""
+    from jax_whisper.config import TrainConfig
+    from jax_whisper.convert import detect_format, training_checkpoint
+
+    if detect_format(checkpoint) != "flax-train":
+        return checkpoint, None
+    given, checkpoint = Path(checkpoint), training_checkpoint(checkpoint)
+    if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent == given:
+        log(f"{given}: no best/ checkpoint; evaluating the latest periodic one, step {checkpoint.name} ({checkpoint})")
+    meta = json.loads((checkpoint / "meta" / "metadata").read_text())
+    return checkpoint, TrainConfig.from_dict(meta["train_config"])
+
+
 def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "test", *, cache_dir=None,
                         batch_size: int | None = None, n_buckets: int = 5, full_window: bool | None = None,
                         scoring: str | None = None, dataset_kw: Mapping[str, Any] | None = None,
@@ -152,22 +168,14 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
     group (the synthetic corpus's ``heldout_voices`` / ``train_voices``), the drops, ``checkpoint`` (the one
     evaluated) and ``rows`` (id, reference, hypothesis) in dataset order within each bucket.
     """
-    from jax_whisper.config import TrainConfig
-    from jax_whisper.convert import detect_format, load_checkpoint, training_checkpoint
+    from jax_whisper.convert import load_checkpoint
     from jax_whisper.datasets import _SPLIT_ALIASES, SAMPLE_RATE, open_dataset
     from jax_whisper.loop import run_tokenizer
     from jax_whisper.pipeline import HOP_LENGTH, Plan, iterate_eval, open_splits, quantile_buckets, run_plans
-    from jax_whisper.scoring import by_group
+    from jax_whisper.scoring import group_wers
     from jax_whisper.tokenizer import get_tokenizer
 
-    run = None
-    if detect_format(checkpoint) == "flax-train":  # resolved once: the step directory both loads and plans read
-        given, checkpoint = Path(checkpoint), training_checkpoint(checkpoint)
-        if checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent == given:
-            log(f"{given}: no best/ checkpoint; evaluating the latest periodic one, step {checkpoint.name} "
-                f"({checkpoint})")
-        meta = json.loads((checkpoint / "meta" / "metadata").read_text())
-        run = TrainConfig.from_dict(meta["train_config"])
+    checkpoint, run = resolve_run(checkpoint, log)
     cfg, model = load_checkpoint(checkpoint)
     # a run's own prompt (a fine-tuned multilingual model's --language / --task), else the model's default
     tokenizer = run_tokenizer(run, cfg) if run is not None else get_tokenizer(cfg)
@@ -195,11 +203,10 @@ def evaluate_checkpoint(checkpoint, dataset: str | None = None, split: str = "te
         f"source dropped {source.stats.as_dict()})")
     rows = transcribe_batches(model, cfg, tokenizer, iterate_eval(plan))
     wer = word_error_rate([r["reference"] for r in rows], [r["hypothesis"] for r in rows], scoring=scoring)
-    groups = {f"wer_{g}": word_error_rate(refs, hyps, scoring=scoring)["wer"]
-              for g, (refs, hyps) in by_group(rows, plan.groups()).items()}
+    groups = group_wers(rows, plan.groups(), scoring)
     return {**wer, **groups, "scoring": scoring, "checkpoint": str(checkpoint),
             "dropped": {**source.stats.as_dict(), **plan.stats.as_dict()}, "rows": rows}
 
 
-__all__ = ["SCORINGS", "decode_texts", "evaluate_checkpoint", "greedy_decode", "transcribe_batches",
+__all__ = ["SCORINGS", "decode_texts", "evaluate_checkpoint", "greedy_decode", "resolve_run", "transcribe_batches",
            "word_error_rate"]

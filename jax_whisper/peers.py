@@ -11,7 +11,6 @@ imported here only (the ``dev`` extra installs them).
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,20 +34,16 @@ def compare_with_peers(checkpoint, dataset: str | None = None, split: str = "tes
     """
     import numpy as np
 
-    from jax_whisper.config import TrainConfig
-    from jax_whisper.convert import detect_format, load_checkpoint, save_checkpoint, training_checkpoint
+    from jax_whisper.convert import load_checkpoint, save_checkpoint
     from jax_whisper.datasets import SAMPLE_RATE, open_dataset
-    from jax_whisper.evaluate import word_error_rate
+    from jax_whisper.evaluate import resolve_run, word_error_rate
     from jax_whisper.loop import run_tokenizer
     from jax_whisper.pipeline import HOP_LENGTH, open_splits
-    from jax_whisper.scoring import by_group, scoring_for
+    from jax_whisper.scoring import group_wers, scoring_for
     from jax_whisper.tokenizer import get_tokenizer
     from jax_whisper.transcribe import transcribe_many
 
-    run = None
-    if detect_format(checkpoint) == "flax-train":
-        checkpoint = training_checkpoint(checkpoint)
-        run = TrainConfig.from_dict(json.loads((Path(checkpoint) / "meta" / "metadata").read_text())["train_config"])
+    checkpoint, run = resolve_run(checkpoint, log)
     cfg, model = load_checkpoint(checkpoint)
     tokenizer = run_tokenizer(run, cfg) if run is not None else get_tokenizer(cfg)
     if tokenizer.timestamp_begin is None:
@@ -107,9 +102,7 @@ def compare_with_peers(checkpoint, dataset: str | None = None, split: str = "tes
                                             "all": int(np.sum(np.logical_and(same_openai, same_faster)))}}
     for name, hs in hyps.items():
         rows = [{"id": r["id"], "reference": ref, "hypothesis": h} for r, ref, h in zip(records, refs, hs, strict=True)]
-        result[name] = {"wer": word_error_rate(refs, hs, scoring=scoring)["wer"],
-                        **{f"wer_{g}": word_error_rate(gr, gh, scoring=scoring)["wer"]
-                           for g, (gr, gh) in by_group(rows, groups).items()}}
+        result[name] = {"wer": word_error_rate(refs, hs, scoring=scoring)["wer"], **group_wers(rows, groups, scoring)}
     result["rows"] = [{"id": r["id"], "reference": ref, **{name: hyps[name][k] for name in hyps}}
                       for k, (r, ref) in enumerate(zip(records, refs, strict=True))]
     return result

@@ -44,7 +44,7 @@ import numpy as np
 
 from jax_whisper.config import DEFAULT_SPLITS, RunConfigError, TrainConfig, WhisperConfig
 from jax_whisper.datasets import SAMPLE_RATE, DataError, Source, open_dataset
-from jax_whisper.tokenizer import IGNORE_ID, N_TIMESTAMPS, TIME_PRECISION, Tokenizer, ctc_encode
+from jax_whisper.tokenizer import IGNORE_ID, Tokenizer, ctc_encode
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ class Plan:
                 self.stats.too_many_tokens += 1
                 continue
             timed = None
-            if timestamps and meta.span is not None and meta.span[1] <= (N_TIMESTAMPS - 1) * TIME_PRECISION:
-                timed = tokenizer.encode_transcript(meta.text, n_text_ctx, span=meta.span)
+            if timestamps and meta.span is not None:
+                try:
+                    timed = tokenizer.encode_transcript(meta.text, n_text_ctx, span=meta.span)
+                except ValueError:  # speech times beyond the last timestamp token (30 s): untimed
+                    pass
             if timestamps and timed is None:
                 self.stats.untimed += 1
             longest = max(len(pair[0]), len(timed[0]) if timed else 0)
@@ -251,7 +254,7 @@ class Plan:
             batch["audio"][r, : audio.shape[0]] = audio
             batch["n_samples"][r] = audio.shape[0]
             tokens, targets = item.tokens, item.targets
-            if epoch is not None and self.timestamps and self.timestamped(epoch, pos):
+            if epoch is not None and self.timestamped(epoch, pos):
                 tokens, targets = item.timestamped
             batch["tokens"][r, : len(tokens)] = tokens
             batch["targets"][r, : len(targets)] = targets

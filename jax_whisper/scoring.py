@@ -119,4 +119,10 @@ def by_group(rows: Iterable[dict], groups: dict[str, str]) -> dict[str, tuple[li
     return out
 
 
-__all__ = ["SCORINGS", "by_group", "scoring_for", "word_error_rate"]
+def group_wers(rows: Iterable[dict], groups: dict[str, str], scoring: str, wer=word_error_rate) -> dict[str, float]:
+    """``{"wer_<group>": WER}`` of every group of :func:`by_group`; ``wer(refs, hyps, scoring=...)`` scores one
+    (a multi-process run passes its collective version)."""
+    return {f"wer_{g}": wer(refs, hyps, scoring=scoring)["wer"] for g, (refs, hyps) in by_group(rows, groups).items()}
+
+
+__all__ = ["SCORINGS", "by_group", "group_wers", "scoring_for", "word_error_rate"]

@@ -29,7 +29,7 @@ from jax_whisper.loop import fit
 from jax_whisper.model import Buffer, Whisper
 from jax_whisper.pipeline import ARRAY_KEYS, HOP_LENGTH, Plan, iterate_eval
 from jax_whisper.runlog import RunDirectoryError
-from jax_whisper.scoring import by_group
+from jax_whisper.scoring import group_wers
 from jax_whisper.tokenizer import CTC_CHARS, ctc_decode
 
 IGNORE_INDEX = -100  # target id excluded from the loss (padding)
@@ -486,8 +486,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
     if tm.ctc is not None:  # the same on every process: _process_wer is collective
         out["ctc_wer"] = _process_wer(ctc_refs, ctc_hyps, scoring)["wer"]
-    for group, (refs, hyps) in by_group(rows, plan.groups()).items():  # e.g. held-out voices apart
-        out[f"wer_{group}"] = _process_wer(refs, hyps, scoring)["wer"]
+    out.update(group_wers(rows, plan.groups(), scoring, wer=_process_wer))  # e.g. held-out voices apart
     return out
 
 

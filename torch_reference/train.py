@@ -314,7 +314,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
 
     The encoder runs once per batch for all three: they read the same audio features.
     """
-    from jax_whisper.scoring import by_group, word_error_rate
+    from jax_whisper.scoring import group_wers, word_error_rate
     from torch_reference.decoding import decode_texts, greedy_decode_features
 
     was_training = tm.training
@@ -352,8 +352,7 @@ def evaluate_plan(tm: TrainModel, cfg: WhisperConfig, tokenizer, plan: Plan, *, 
            "utterances": wer["n"], "words": wer["words"], "examples": rows[:3]}
     if ctc_refs:
         out["ctc_wer"] = word_error_rate(ctc_refs, ctc_hyps, scoring=scoring)["wer"]
-    for group, (refs, hyps) in by_group(rows, plan.groups()).items():
-        out[f"wer_{group}"] = word_error_rate(refs, hyps, scoring=scoring)["wer"]
+    out.update(group_wers(rows, plan.groups(), scoring))
     return out
 
 
