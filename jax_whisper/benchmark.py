@@ -165,6 +165,29 @@ def speech_audio(seconds: float, speech_dir: str | os.PathLike) -> tuple[np.ndar
                  "utterances": names}
 
 
+def long_speech(root: str | os.PathLike, min_seconds: float) -> tuple[np.ndarray, str]:
+    """One long recording for long-form tests and benchmarks: the LibriSpeech utterances of the speech_eval corpus
+    at ``root`` back to back, in manifest order (a chapter's utterances follow each other as read), the fewest that
+    make at least ``min_seconds``. Returns the 16 kHz float32 audio and its reference transcript (the utterances'
+    texts joined by spaces). Raises FileNotFoundError without a manifest, ValueError if the corpus is too short."""
+    manifest = Path(root) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no speech_eval manifest at {manifest}")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    parts, texts, total = [], [], 0
+    for r in rows:
+        if total >= min_seconds * SAMPLE_RATE:
+            break
+        if r["corpus"].startswith("librispeech"):
+            parts.append(read_audio_file(Path(root) / r["audio"]))
+            texts.append(r["text"].strip())
+            total += len(parts[-1])
+    if total < min_seconds * SAMPLE_RATE:
+        raise ValueError(f"{root} holds only {total / SAMPLE_RATE:.1f} s of LibriSpeech speech, less than "
+                         f"min_seconds={min_seconds}")
+    return np.concatenate(parts), " ".join(texts)
+
+
 def analytic_train_flops(cfg: WhisperConfig, batch_size: int, frames: int, tokens: int) -> dict[str, float]:
     """Model FLOPs of one training step (a multiply-add is 2 FLOPs; backward = 2 forwards, so 3 forwards):
     ``matmul`` = 2 x weights x the positions they apply to (conv stem, projections, MLPs, the vocabulary
@@ -672,5 +695,5 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONTENDERS", "Options", "TRAIN", "TRANSCRIBE", "analytic_train_flops", "format_table", "machine_info",
-           "peak_flops", "peak_rss_mb", "run_benchmark", "speech_audio", "targets", "train_batch"]
+__all__ = ["CONTENDERS", "Options", "TRAIN", "TRANSCRIBE", "analytic_train_flops", "format_table", "long_speech",
+           "machine_info", "peak_flops", "peak_rss_mb", "run_benchmark", "speech_audio", "targets", "train_batch"]

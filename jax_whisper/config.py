@@ -152,6 +152,18 @@ def alignment_heads(cfg: WhisperConfig, name: str | None = None) -> list[list[in
     return [[layer, head] for layer in layers for head in range(cfg.n_text_head)]
 
 
+def checked_alignment_heads(heads, cfg: WhisperConfig) -> tuple[tuple[int, int], ...]:
+    """``heads`` as a tuple of ``(layer, head)`` pairs, each within the decoder of ``cfg``; ValueError otherwise."""
+    try:
+        pairs = tuple((int(layer), int(head)) for layer, head in heads)
+    except (TypeError, ValueError):
+        pairs = None
+    if not pairs or any(not (0 <= layer < cfg.n_text_layer and 0 <= h < cfg.n_text_head) for layer, h in pairs):
+        raise ValueError(f"alignment heads {heads!r}: expected [layer, head] pairs within the decoder's "
+                         f"{cfg.n_text_layer} layers x {cfg.n_text_head} heads")
+    return pairs
+
+
 @cache
 def _openai_alignment_heads() -> dict[str, str]:
     import ast

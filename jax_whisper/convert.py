@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jax_whisper.config import WhisperConfig, alignment_heads
+from jax_whisper.config import WhisperConfig, alignment_heads, checked_alignment_heads
 from jax_whisper.formats.ctranslate2 import CT2_QUANTIZATIONS, _save_ct2, ct2_config
 from jax_whisper.formats.huggingface import _save_hf, hf_config, known_vocabulary
 from jax_whisper.formats.mapping import flax_to_numpy, flax_to_torch, num_params, torch_to_flax
@@ -44,21 +44,26 @@ def load_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32) -> tuple[Whis
     """Load any supported checkpoint (format recognised from the files) into the Flax model (eval mode).
 
     Returns ``(cfg, model)``; parameters are float32 whatever the stored precision (fp16/bf16 widen exactly,
-    CTranslate2 int8/int16 are dequantised with their scales).
+    CTranslate2 int8/int16 are dequantised with their scales). ``model.alignment_heads`` are the checkpoint's
+    (:func:`checkpoint_alignment_heads`).
     """
     fmt = detect_format(path)
     with _reading(path, fmt):
         if fmt == "flax":
-            return _load_flax(Path(path), dtype)
-        if fmt == "flax-train":
+            cfg, model = _load_flax(Path(path), dtype)
+        elif fmt == "flax-train":
             step_dir = training_checkpoint(path)
             meta = json.loads((step_dir / "meta" / "metadata").read_text())
-            return _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]), state="params")
-        cfg, state_dict = load_state(path, fmt)
-    try:  # a readable checkpoint whose tensors do not fit its dims: every misfit tensor is named, untruncated
-        return cfg, torch_to_flax(state_dict, cfg, dtype=dtype)
-    except ValueError as e:
-        raise ValueError(f"checkpoint {str(path)!r} ({fmt}): {e}") from e
+            cfg, model = _load_flax(step_dir, dtype, cfg=WhisperConfig.from_dict(meta["model_config"]),
+                                    state="params")
+        else:
+            cfg, state_dict = load_state(path, fmt)
+            try:  # a readable checkpoint whose tensors do not fit its dims: every misfit tensor is named, untruncated
+                model = torch_to_flax(state_dict, cfg, dtype=dtype)
+            except ValueError as e:
+                raise ValueError(f"checkpoint {str(path)!r} ({fmt}): {e}") from e
+        model.set_alignment_heads(checkpoint_alignment_heads(path, cfg))
+    return cfg, model
 
 
 def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike, format: str = "flax", *,
@@ -74,8 +79,7 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
     it, stored in ``quantization`` (:data:`CT2_QUANTIZATIONS`; default float32). Other formats are float32.
 
     ``heads``: the alignment heads (``[layer, head]`` pairs) the ``hf`` and ``ctranslate2`` exports carry; default
-    :func:`jax_whisper.config.alignment_heads` (openai-whisper's default; pass
-    :func:`checkpoint_alignment_heads` of the source to keep a pretrained model's).
+    the model's own (``model.alignment_heads``: a loaded checkpoint's, see :func:`load_checkpoint`).
 
     An existing ``path`` is replaced only if it is a checkpoint of ``format`` (or an empty directory): anything
     else (a directory of other files, another format) raises FileExistsError unless ``overwrite``. A ``path`` that
@@ -91,10 +95,9 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
     if format == "torch" and path.suffix != ".safetensors":
         raise ValueError(f"torch checkpoints are .safetensors files, got {str(path)!r}")
     _check_target(path, format, overwrite, inputs)
-    heads = alignment_heads(cfg) if heads is None else [[int(layer), int(h)] for layer, h in heads]
-    if any(not (0 <= layer < cfg.n_text_layer and 0 <= h < cfg.n_text_head) for layer, h in heads):
-        raise ValueError(f"alignment heads {heads}: not within the decoder's {cfg.n_text_layer} layers x "
-                         f"{cfg.n_text_head} heads")
+    if heads is None:
+        heads = getattr(model, "alignment_heads", None) or alignment_heads(cfg)
+    heads = [list(h) for h in checked_alignment_heads(heads, cfg)]
     if format == "hf":
         hf_config(cfg)  # fail before writing anything if the config has no Hugging Face equivalent
     if format == "ctranslate2" and not known_vocabulary(cfg):

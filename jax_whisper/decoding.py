@@ -44,7 +44,7 @@ TIME_PRECISION = 0.02
 
 # How often each compiled piece has been traced (a Python side effect that runs only while tracing), so tests
 # can check that calls of the same shapes reuse one compilation.
-_TRACE_COUNT = {"search": 0, "prefill": 0}
+_TRACE_COUNT = {"search": 0, "prefill": 0, "alignment": 0}
 
 NEG_INF = -jnp.inf
 
@@ -542,6 +542,39 @@ def detect_language(model, features: Array, tokenizer: Tokenizer | None = None
             [dict(zip(codes, map(float, p), strict=True)) for p in probs])
 
 
+@partial(jax.jit, static_argnums=(0, 5))
+def _alignment(graph: _Graph, state, unembed: Array, features: Array, tokens: Array, eot: int):
+    _TRACE_COUNT["alignment"] += 1
+    model = _merge(graph, state)
+    logits, qks = model.decoder(tokens, features, unembed=unembed, return_qk=True)
+    qk = jnp.stack([qks[layer][:, head] for layer, head in model.alignment_heads], axis=1)
+    logprobs = jax.nn.log_softmax(logits[:, :-1, :eot], axis=-1)  # the next token among the text tokens
+    following = jnp.minimum(tokens[:, 1:], eot - 1)[..., None]  # (special tokens: probabilities unused)
+    return qk, jnp.exp(jnp.take_along_axis(logprobs, following, axis=-1)[..., 0])
+
+
+def alignment_attention(model, features: Array, tokens: Sequence[Sequence[int]], eot: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced cross-attention of the alignment heads (``model.alignment_heads``), for word timestamps.
+
+    ``features`` (B, n_audio_ctx, n_audio_state) are the windows' encoder output, ``tokens`` one sequence per row
+    (``sot_sequence + <|notimestamps|> + text + <|eot|>``). Returns ``(qk, probs)``: the heads' attention logits
+    (B, heads, T, n_audio_ctx) and, at each position t, the probability of token t + 1 among the text tokens
+    (below ``eot``), (B, T - 1); rows are right-padded to the longest sequence, rounded up to a multiple of 32
+    so that few lengths compile (the decoder is causal: padding changes nothing before it).
+    """
+    model = prepare(model)
+    longest = max(map(len, tokens))
+    if longest > model.cfg.n_text_ctx:
+        raise ValueError(f"a sequence of {longest} tokens exceeds the text context of {model.cfg.n_text_ctx}")
+    width = min(-(-longest // 32) * 32, model.cfg.n_text_ctx)
+    padded = np.full((len(tokens), width), eot, np.int32)
+    for i, seq in enumerate(tokens):
+        padded[i, : len(seq)] = seq
+    qk, probs = _alignment(model.graph, model.state, model.unembed, features, jnp.asarray(padded), int(eot))
+    return np.asarray(qk), np.asarray(probs)
+
+
 def decode_features(model, features: Array, options: DecodingOptions = DecodingOptions(), *,
                     prompts: Sequence[str | Sequence[int] | None] | None = None,
                     languages: Sequence[str | None] | None = None,
@@ -659,6 +692,7 @@ def greedy_tokens(model, features: Array, prompt: Sequence[int], *, eot: int, ma
     return out, steps
 
 
-__all__ = ["DecodingOptions", "DecodingResult", "Prepared", "TIME_PRECISION", "compression_ratio", "decode",
+__all__ = ["DecodingOptions", "DecodingResult", "Prepared", "TIME_PRECISION", "alignment_attention",
+           "compression_ratio", "decode",
            "decode_features", "detect_language", "embed_audio", "greedy_tokens", "initial_tokens", "prepare",
            "suppress_tokens"]

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax import Array, lax
 
-from jax_whisper.config import WhisperConfig
+from jax_whisper.config import WhisperConfig, alignment_heads, checked_alignment_heads
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Array:
@@ -249,12 +249,12 @@ class MultiHeadAttention(nnx.Module):
         self.out = _Linear(n_state, n_state, dtype=dtype, rngs=rngs)
         self.attn_dropout = Dropout(attn_dropout, rngs=rngs)
 
-    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0):
+    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0, return_qk=False):
         """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
 
         ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
         at ``offset``; for cross-attention, the keys/values of ``xa`` from :meth:`audio_kv` (then ``xa`` is not
-        read). Returns ``(out, kv_cache)``.
+        read). Returns ``(out, kv_cache)``, and with ``return_qk`` also :meth:`attention_logits`.
         """
         q = self.query(x)
         if xa is None:
@@ -265,7 +265,10 @@ class MultiHeadAttention(nnx.Module):
             k, v = self.audio_kv(xa)
         else:
             k, v = kv_cache
-        return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
+        out = self.out(self.qkv_attention(q, k, v, mask))
+        if return_qk:
+            return out, kv_cache, self.attention_logits(q, k, mask)
+        return out, kv_cache
 
     def _heads(self, k, v):
         """Keys (batch, n_head, d_head, n) scaled, values (batch, n_head, n, d_head): the layout the attention
@@ -304,6 +307,15 @@ class MultiHeadAttention(nnx.Module):
         else:
             out = self._attend(q, k, v, mask)
         return out.transpose(0, 2, 1, 3).reshape(n_rows, n_query, n_state)
+
+    def attention_logits(self, q, k, mask=None):
+        """The logits before the softmax, (batch, n_head, n_query, n_key) in float32, as openai-whisper's
+        ``qkv_attention`` returns them: word timestamps read the alignment heads' cross-attention from them."""
+        n_batch, n_query, n_state = q.shape
+        scale = (n_state // self.n_head) ** -0.25
+        q = q.reshape(n_batch, n_query, self.n_head, -1).transpose(0, 2, 1, 3) * scale
+        qk = mixed_matmul(q, k, self.query.dtype)
+        return qk if mask is None else qk + mask
 
     def _fused(self, q, k, v, mask):
         """:meth:`_attend` (without dropout) as ``jax.nn.dot_product_attention`` in its (batch, n, head, d) layout;
@@ -373,16 +385,20 @@ class ResidualAttentionBlock(nnx.Module):
         self.mlp_ln = _LayerNorm(n_state, rngs=rngs)
         self.dropout = Dropout(dropout, rngs=rngs)
 
-    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0):
-        """``kv_cache`` is this layer's ``(k, v, xk, xv)`` or None; returns ``(x, kv_cache)``."""
+    def __call__(self, x, xa=None, mask=None, kv_cache=None, offset=0, return_qk=False):
+        """``kv_cache`` is this layer's ``(k, v, xk, xv)`` or None; returns ``(x, kv_cache)``, with ``return_qk``
+        ``(x, kv_cache, qk)``: the cross-attention logits."""
         self_kv, cross_kv = (None, None) if kv_cache is None else (kv_cache[:2], kv_cache[2:])
         h, self_kv = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, offset=offset)
         x = x + self.dropout(h)
+        qk = None
         if self.cross_attn is not None:
-            h, cross_kv = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv)
+            out = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv, return_qk=return_qk)
+            h, cross_kv, qk = out if return_qk else (*out, None)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.mlp_ln(x)))
-        return x, None if kv_cache is None else (*self_kv, *cross_kv)
+        kv_cache = None if kv_cache is None else (*self_kv, *cross_kv)
+        return (x, kv_cache, qk) if return_qk else (x, kv_cache)
 
 
 def stack_blocks(blocks: nnx.List):
@@ -463,7 +479,7 @@ class TextDecoder(nnx.Module):
         self.ln = _LayerNorm(n_state, rngs=rngs)
 
     def __call__(self, x: Array, xa: Array, kv_cache: KVCache | None = None, select: Array | None = None,
-                 project: bool = True, unembed: Array | None = None):
+                 project: bool = True, unembed: Array | None = None, return_qk: bool = False):
         """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
 
         Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
@@ -473,12 +489,15 @@ class TextDecoder(nnx.Module):
         ``project=False`` (without a cache) returns the final LayerNorm's output in the compute dtype instead of
         the logits, for a loss that projects onto the tied embedding itself (``train.projected_cross_entropy``).
         ``unembed``: the projection's (n_state, n_vocab) matrix as :meth:`unembedding` makes it, for callers that
-        project many times with the same weights (a decoding loop).
+        project many times with the same weights (a decoding loop). ``return_qk`` (without a cache): return
+        ``(logits, qks)``, ``qks`` every layer's cross-attention logits (batch, n_head, n_tokens, n_audio).
         """
         n_ctx = self.positional_embedding.shape[0]
         offset = 0 if kv_cache is None else kv_cache.offset
         if not project and (kv_cache is not None or select is not None):
             raise ValueError("project=False is for a forward pass without a cache or select")
+        if return_qk and kv_cache is not None:
+            raise ValueError("return_qk is for a forward pass without a cache")
         if x.ndim != 2 or x.shape[1] > n_ctx:  # a traced offset is checked by the caller's loop bound
             raise ValueError(f"tokens must be (batch, n) with n <= {n_ctx}, got {tuple(x.shape)}")
         n = x.shape[1]
@@ -495,14 +514,15 @@ class TextDecoder(nnx.Module):
             mask = jnp.where(slots <= positions, 0.0, -jnp.inf)
             if mask.ndim == 3:
                 mask = mask[:, None]  # (batch, 1, n, slots): broadcast over heads
-        layers = []
-        if self.scan and kv_cache is None:
+        layers, qks = [], []
+        if self.scan and kv_cache is None and not return_qk:
             x = _scan_blocks(self.blocks, x, xa=xa, mask=mask)
         else:
             for i, block in enumerate(self.blocks):
                 layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
-                x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
+                x, layer, *qk = block(x, xa, mask=mask, kv_cache=layer, offset=offset, return_qk=return_qk)
                 layers.append(layer)
+                qks += qk
         if select is not None:
             x = jnp.take_along_axis(x, select[..., None], axis=1)
         x = self.ln(x).astype(self.dtype)
@@ -511,6 +531,8 @@ class TextDecoder(nnx.Module):
         if unembed is None:
             unembed = self.token_embedding.embedding[...].astype(self.dtype).T
         logits = jnp.matmul(x, unembed, preferred_element_type=jnp.float32)
+        if return_qk:
+            return logits, qks
         if kv_cache is None:
             return logits
         k, v, xk, xv = (list(t) for t in zip(*layers, strict=True))
@@ -545,6 +567,12 @@ class Whisper(nnx.Module):
             cfg.n_vocab, cfg.n_text_ctx, cfg.n_text_state, cfg.n_text_head, cfg.n_text_layer,
             cfg.dropout, cfg.attn_dropout, dtype=dtype, rngs=rngs,
         )
+        self.set_alignment_heads(alignment_heads(cfg))
+
+    def set_alignment_heads(self, heads) -> None:
+        """The decoder's cross-attention heads that word timestamps read, ``[layer, head]`` pairs (a checkpoint's,
+        or openai-whisper's default: every head of the last half of the layers)."""
+        self.alignment_heads = checked_alignment_heads(heads, self.cfg)
 
     def embed_audio(self, mel: Array, stacked=None) -> Array:
         return self.encoder(mel, stacked)

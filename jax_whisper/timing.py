@@ -164,5 +164,83 @@ def merge_punctuations(alignment: list[WordTiming], prepended: str = PREPEND_PUN
             i = j
 
 
-__all__ = ["APPEND_PUNCTUATIONS", "PREPEND_PUNCTUATIONS", "TOKENS_PER_SECOND", "WordTiming", "dtw",
-           "median_filter", "merge_punctuations", "split_to_word_tokens", "word_alignment"]
+SENTENCE_END_MARKS = ".。!！?？"
+
+
+def add_word_timestamps(segments: list[dict], alignment: list[WordTiming], *, eot: int, time_offset: float,
+                        last_speech_timestamp: float, prepended: str = PREPEND_PUNCTUATIONS,
+                        appended: str = APPEND_PUNCTUATIONS) -> None:
+    """In place: give each of a window's ``segments`` its ``words`` from ``alignment`` (:func:`word_alignment` of
+    their text tokens, those below ``eot``, in order) and move segment bounds to them, with openai-whisper's clamps.
+
+    Words longer than twice the median word duration (the median capped at 0.7 s) are cut at sentence ends, and
+    the first words after a pause; a segment keeps its own start (end) when its first (last) word overshoots it
+    by more than 0.5 s, else takes the word's. Times are rounded to 10 ms, as openai-whisper's.
+    """
+    durations = np.array([w.end - w.start for w in alignment])
+    durations = durations[durations.nonzero()]
+    median = min(0.7, float(np.median(durations))) if len(durations) else 0.0
+    longest = 2 * median
+    if len(durations):
+        for prev, w in zip(alignment, alignment[1:], strict=False):
+            if w.end - w.start > longest:
+                if w.word in SENTENCE_END_MARKS:
+                    w.end = w.start + longest
+                elif prev.word in SENTENCE_END_MARKS:
+                    w.start = w.end - longest
+    merge_punctuations(alignment, prepended, appended)
+    timings = iter(alignment)
+    for segment in segments:
+        n_text = sum(1 for t in segment["tokens"] if t < eot)
+        words, taken = [], 0
+        while taken < n_text and (timing := next(timings, None)) is not None:
+            if timing.word:
+                words.append({"word": timing.word, "start": round(time_offset + timing.start, 2),
+                              "end": round(time_offset + timing.end, 2), "probability": timing.probability})
+            taken += len(timing.tokens)
+        if words:
+            first, last = words[0], words[-1]
+            # the first word after a pause, or the first two, too long: shorten them from the front
+            if first["end"] - last_speech_timestamp > 4 * median and (
+                    first["end"] - first["start"] > longest
+                    or len(words) > 1 and words[1]["end"] - first["start"] > 2 * longest):
+                if len(words) > 1 and words[1]["end"] - words[1]["start"] > longest:
+                    boundary = max(words[1]["end"] / 2, words[1]["end"] - longest)
+                    first["end"] = words[1]["start"] = boundary
+                first["start"] = max(0, first["end"] - longest)
+            if segment["start"] < first["end"] and segment["start"] - 0.5 > first["start"]:
+                first["start"] = max(0, min(first["end"] - median, segment["start"]))
+            else:
+                segment["start"] = first["start"]
+            if segment["end"] > last["start"] and segment["end"] + 0.5 < last["end"]:
+                last["end"] = max(last["start"] + median, segment["end"])
+            else:
+                segment["end"] = last["end"]
+            last_speech_timestamp = segment["end"]
+        segment["words"] = words
+
+
+def last_word_end(segments: list[dict]) -> float | None:
+    """The end of the last word of ``segments``, else the last segment's end (None without segments)."""
+    ends = (w["end"] for s in reversed(segments) for w in reversed(s.get("words", [])))
+    return next(ends, segments[-1]["end"] if segments else None)
+
+
+def _word_anomaly(word: dict) -> float:
+    probability, duration = word.get("probability", 0.0), word["end"] - word["start"]
+    return (float(probability < 0.15) + max(0.0, 0.133 - duration) * 15 + max(0.0, duration - 2.0))
+
+
+def is_segment_anomaly(segment: dict | None) -> bool:
+    """openai-whisper's hallucination test: among a segment's first 8 words (punctuation aside), improbable
+    (p < 0.15), very short (< 0.133 s) or very long (> 2 s) words score; 3 points, or nearly one per word, flag it."""
+    if segment is None or not segment.get("words"):
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS][:8]
+    score = sum(map(_word_anomaly, words))
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+__all__ = ["APPEND_PUNCTUATIONS", "PREPEND_PUNCTUATIONS", "TOKENS_PER_SECOND", "WordTiming", "add_word_timestamps",
+           "dtw", "is_segment_anomaly", "last_word_end", "median_filter", "merge_punctuations",
+           "split_to_word_tokens", "word_alignment"]

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,14 +31,24 @@ from jax_whisper.decoding import (
     TIME_PRECISION,
     DecodingOptions,
     DecodingResult,
+    alignment_attention,
     decode_features,
     detect_language,
     embed_audio,
     prepare,
 )
+from jax_whisper.timing import (
+    APPEND_PUNCTUATIONS,
+    PREPEND_PUNCTUATIONS,
+    add_word_timestamps,
+    is_segment_anomaly,
+    last_word_end,
+    word_alignment,
+)
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 
 FRAMES_PER_TOKEN = round(TIME_PRECISION * SAMPLE_RATE / HOP_LENGTH)  # 2: the conv stem's stride
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +61,26 @@ class _Settings:
     no_speech_threshold: float | None
     condition_on_previous_text: bool
     initial_prompt: str | None
+    word_timestamps: bool = False
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS
+    append_punctuations: str = APPEND_PUNCTUATIONS
+    hallucination_silence_threshold: float | None = None
+    clip_timestamps: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass
+class _Window:
+    """A decoded window's segments before they are kept (word timestamps may still move them and ``seek``)."""
+
+    segments: list[dict[str, Any]]
+    result: DecodingResult
+    size: int  # frames of content in the window
+    seek: int  # where the window started
+    single_ending: bool  # the tokens end in a lone timestamp: nothing is said after it
+
+    @property
+    def time_offset(self) -> float:
+        return self.seek * HOP_LENGTH / SAMPLE_RATE
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -71,39 +102,66 @@ class _Stream:
     """One file's position and output in the window loop (the body of openai-whisper's ``transcribe``)."""
 
     def __init__(self, mel: np.ndarray, content_frames: int, n_frames: int, tokenizer: Tokenizer,
-                 language: str | None, initial_prompt_tokens: list[int], pad_with_silence: bool = False):
+                 language: str | None, initial_prompt_tokens: list[int], pad_with_silence: bool = False,
+                 clip_timestamps: Sequence[float] = ()):
         self.mel, self.content_frames, self.n_frames = mel, content_frames, n_frames
         self.pad_with_silence = pad_with_silence
         self.tokenizer, self.language = tokenizer, language
-        self.seek = 0
+        # the clips to transcribe as (start, end) frames: the last end defaults to the end of the audio
+        points = [round(t * FRAMES_PER_SECOND) for t in clip_timestamps] or [0]
+        if len(points) % 2:
+            points.append(content_frames)
+        self.clips = [(a, min(b, content_frames)) for a, b in zip(points[::2], points[1::2], strict=True)]
+        self.clip = 0
+        self.seek = self.clips[0][0]
         self.n_initial = len(initial_prompt_tokens)
         self.all_tokens = list(initial_prompt_tokens)
         self.prompt_reset_since = 0
         self.segments: list[dict[str, Any]] = []
+        self.last_speech_timestamp = 0.0
+        self.pending: _Window | None = None
+        self._settle()
+
+    def _settle(self) -> None:
+        """Move ``seek`` into the current clip, or on to the next clip once it is past this one's end."""
+        while self.clip < len(self.clips):
+            start, end = self.clips[self.clip]
+            self.seek = max(self.seek, start)
+            if self.seek < end:
+                return
+            self.clip += 1
+            if self.clip < len(self.clips):
+                self.seek = self.clips[self.clip][0]
 
     @property
     def done(self) -> bool:
-        return self.seek >= self.content_frames
+        return self.clip >= len(self.clips)
 
     def window(self) -> tuple[np.ndarray, list[int], int]:
         """(mel window zero-padded to the full width, prompt tokens, frames of real content).
 
         openai-whisper pads a short window with zeros in the log-mel domain; with ``pad_with_silence`` the window
         is padded as training pads a batch, with the log-mel of silence (``_mel`` appended a window of it)."""
-        size = min(self.n_frames, self.content_frames - self.seek)
+        size = min(self.n_frames, self.content_frames - self.seek, self.clips[self.clip][1] - self.seek)
         if self.pad_with_silence:
             mel = self.mel[:, self.seek: self.seek + self.n_frames].copy()
+            if self.seek + size < self.content_frames:  # a clip ends inside the window
+                mel[:, size:] = self.mel[:, -1:]
         else:
             mel = np.zeros((self.mel.shape[0], self.n_frames), np.float32)
             mel[:, :size] = self.mel[:, self.seek: self.seek + size]
         return mel, self.all_tokens[self.prompt_reset_since:], size
 
     def advance(self, result: DecodingResult, size: int, s: _Settings) -> None:
+        """Cut the window's tokens into segments at timestamp pairs and move ``seek`` (openai-whisper's rules). The
+        segments wait in ``pending`` for :meth:`add_words` (word timestamps) and :meth:`keep`."""
         tok = self.tokenizer
+        self.pending = None
         if s.no_speech_threshold is not None and result.no_speech_prob > s.no_speech_threshold and not (
                 s.logprob_threshold is not None and result.avg_logprob > s.logprob_threshold):
             self.seek += size  # silence: skip the window
             return
+        start_seek = self.seek
         time_offset = self.seek * HOP_LENGTH / SAMPLE_RATE
         tokens = result.tokens
         tb = tok.timestamp_begin
@@ -131,15 +189,81 @@ class _Stream:
                 duration = (stamps[-1] - tb) * TIME_PRECISION
             new.append(self._segment(time_offset, time_offset + duration, tokens, result))
             self.seek += size
-        for seg in new:  # an instantaneous or textless segment is kept, emptied
-            if seg["start"] == seg["end"] or not seg["text"].strip():
-                seg["text"], seg["tokens"] = "", []
-        for seg in new:
-            seg["id"] = len(self.segments)
-            self.segments.append(seg)
-            self.all_tokens += seg["tokens"]
-        if not s.condition_on_previous_text or result.temperature > 0.5:
-            self.prompt_reset_since = len(self.all_tokens)  # a high temperature's text is no good prompt
+        self.pending = _Window(new, result, size, start_seek, single_ending)
+
+    def text_tokens(self) -> list[int]:
+        """The text tokens of the pending segments, which word timestamps align."""
+        if self.pending is None:
+            return []
+        return [t for seg in self.pending.segments for t in seg["tokens"] if t < self.tokenizer.eot]
+
+    def add_words(self, alignment: list, s: _Settings) -> None:
+        """Words into the pending segments (``alignment``: :func:`word_alignment` of :meth:`text_tokens`); then
+        openai-whisper's moves: seek to the last word's end unless the window ended in a lone timestamp, and with
+        a ``hallucination_silence_threshold`` skip silence around segments that look hallucinated."""
+        w = self.pending
+        add_word_timestamps(w.segments, alignment, eot=self.tokenizer.eot, time_offset=w.time_offset,
+                            last_speech_timestamp=self.last_speech_timestamp, prepended=s.prepend_punctuations,
+                            appended=s.append_punctuations)
+        end = last_word_end(w.segments)
+        if not w.single_ending and end is not None and end > w.time_offset:
+            self.seek = round(end * FRAMES_PER_SECOND)
+        if s.hallucination_silence_threshold is not None and self._hallucination(s.hallucination_silence_threshold):
+            self.pending = None
+            return
+        end = last_word_end(w.segments)
+        if end is not None:
+            self.last_speech_timestamp = end
+
+    def _hallucination(self, threshold: float) -> bool:
+        """openai-whisper's silence skipping around possible hallucinations: moves ``seek``, may drop the pending
+        segments from a suspect one on; True when the whole window is dropped (a suspect first segment after
+        more than ``threshold`` seconds of silence: decoding resumes where it starts)."""
+        w, segments = self.pending, self.pending.segments
+        window_end = (w.seek + self.n_frames) * HOP_LENGTH / SAMPLE_RATE
+        if not w.single_ending:
+            end = last_word_end(segments)
+            if end is not None and end > w.time_offset:
+                self.seek = round(end * FRAMES_PER_SECOND) if window_end - end > threshold else w.seek + w.size
+        first = next((seg for seg in segments if seg["words"]), None)
+        if is_segment_anomaly(first) and first["start"] - w.time_offset > threshold:
+            self.seek = w.seek + round((first["start"] - w.time_offset) * FRAMES_PER_SECOND)
+            return True
+        last_end = self.last_speech_timestamp
+        for i, seg in enumerate(segments):
+            if not seg["words"]:
+                continue
+            if is_segment_anomaly(seg):
+                nxt = next((x for x in segments[i + 1:] if x["words"]), None)
+                next_start = nxt["words"][0]["start"] if nxt else w.time_offset + w.size * HOP_LENGTH / SAMPLE_RATE
+                before = (seg["start"] - last_end > threshold or seg["start"] < threshold
+                          or seg["start"] - w.time_offset < 2.0)
+                after = next_start - seg["end"] > threshold or is_segment_anomaly(nxt) or window_end - seg["end"] < 2.0
+                if before and after:
+                    self.seek = round(max(w.time_offset + 1, seg["start"]) * FRAMES_PER_SECOND)
+                    if self.content_frames * HOP_LENGTH / SAMPLE_RATE - seg["end"] < threshold:
+                        self.seek = self.content_frames
+                    del segments[i:]
+                    break
+            last_end = seg["end"]
+        return False
+
+    def keep(self, s: _Settings) -> None:
+        """Append the pending segments to the transcript (an instantaneous or textless one emptied) and move on."""
+        w, self.pending = self.pending, None
+        if w is not None:
+            for seg in w.segments:
+                if seg["start"] == seg["end"] or not seg["text"].strip():
+                    seg["text"], seg["tokens"] = "", []
+                    if s.word_timestamps:
+                        seg["words"] = []
+            for seg in w.segments:
+                seg["id"] = len(self.segments)
+                self.segments.append(seg)
+                self.all_tokens += seg["tokens"]
+            if not s.condition_on_previous_text or w.result.temperature > 0.5:
+                self.prompt_reset_since = len(self.all_tokens)  # a high temperature's text is no good prompt
+        self._settle()
 
     def _segment(self, start: float, end: float, tokens: list[int], r: DecodingResult) -> dict[str, Any]:
         return {"id": 0, "seek": self.seek, "start": start, "end": end,
@@ -203,7 +327,11 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
                     max_initial_timestamp: float | None = 1.0, sample_len: int | None = None,
                     compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
-                    initial_prompt: str | None = None, seed: int = 0) -> Iterator[dict[str, Any] | Exception]:
+                    initial_prompt: str | None = None, word_timestamps: bool = False,
+                    prepend_punctuations: str = PREPEND_PUNCTUATIONS, append_punctuations: str = APPEND_PUNCTUATIONS,
+                    clip_timestamps: str | Sequence[float] | None = None,
+                    hallucination_silence_threshold: float | None = None,
+                    seed: int = 0) -> Iterator[dict[str, Any] | Exception]:
     """Transcribe many files (paths or 16 kHz mono float arrays), ``batch_size`` of them in lockstep.
 
     Yields, in input order, each file's :func:`transcribe` result, or the exception that loading it raised
@@ -211,6 +339,14 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     vocabulary (no timestamp tokens; trained from scratch here) decodes as it was trained: with
     ``<|notimestamps|>``, without previous-text prompts, window after window, a short window padded with the
     log-mel of silence (as the training batches are), not with openai-whisper's zeros.
+
+    ``word_timestamps``: every segment gets ``words`` ``[{"word", "start", "end", "probability"}]`` from the
+    cross-attention of ``model.alignment_heads`` (see :mod:`jax_whisper.timing`), and segment bounds and the
+    next window's start follow the words, as openai-whisper's; punctuation in ``prepend_punctuations`` joins the
+    next word, in ``append_punctuations`` the previous one. ``hallucination_silence_threshold`` (seconds; needs
+    word timestamps): skip silence longer than this around segments whose words look hallucinated.
+    ``clip_timestamps``: ``"start,end,start,end,..."`` seconds (or a sequence of numbers) of the clips to
+    transcribe; the last end defaults to the end of the audio.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -240,6 +376,15 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
                             best_of=best_of)
     if any(t < 0 for t in temperatures):
         raise ValueError(f"temperatures must be >= 0, got {temperatures}")
+    if hallucination_silence_threshold is not None and not word_timestamps:
+        raise ValueError("hallucination_silence_threshold needs word_timestamps (it judges segments by their words)")
+    if hallucination_silence_threshold is not None and not hallucination_silence_threshold > 0:
+        raise ValueError(f"hallucination_silence_threshold must be a positive number of seconds, "
+                         f"got {hallucination_silence_threshold!r}")
+    settings = dataclasses.replace(
+        settings, word_timestamps=bool(word_timestamps), prepend_punctuations=prepend_punctuations,
+        append_punctuations=append_punctuations, hallucination_silence_threshold=hallucination_silence_threshold,
+        clip_timestamps=parse_clip_timestamps(clip_timestamps))
     return _transcribe_stream(model, cfg, audios, settings, base, batch_size=batch_size,
                               language=None if english_only else language, english_only=english_only,
                               trained_here=trained_here, initial_prompt=initial_prompt, seed=seed)
@@ -280,7 +425,7 @@ def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _S
             tok = dataclasses.replace(base, language=lang or "en") if not english_only else base
             prompt = tok.encode(" " + initial_prompt.strip()) if initial_prompt else []
             fresh.append((index, _Stream(mel, frames, window, tok, "en" if english_only else lang, prompt,
-                                         pad_with_silence=trained_here)))
+                                         pad_with_silence=trained_here, clip_timestamps=settings.clip_timestamps)))
         if fresh and not english_only and language is None:
             # openai-whisper detects the language on the first 30 s of the padded log-mel (silence, not zeros)
             first = np.stack([st.mel[:, :window] for _, st in fresh])
@@ -311,7 +456,52 @@ def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _S
         rounds += 1
         for (_, st), w, r in zip(active, windows, results, strict=False):
             st.advance(r, w[2], settings)
+        if settings.word_timestamps:
+            _align_words(model, features, [st for _, st in active], [w[2] for w in windows], settings)
+        for _, st in active:
+            st.keep(settings)
         active = _retire(active, finished)  # their places are refilled before the next round
+
+
+def _align_words(model, features: jax.Array, streams: list[_Stream], sizes: list[int], s: _Settings) -> None:
+    """Word timestamps for every stream's pending segments: one teacher-forced decoder pass over the rows that
+    have text (on the round's encoder output), the alignment on the host."""
+    rows, sequences = [], []
+    for i, st in enumerate(streams):
+        text = st.text_tokens()
+        if text:
+            tok = st.tokenizer
+            rows.append(i)
+            sequences.append([*tok.sot_sequence, tok.no_timestamps, *text, tok.eot])
+        elif st.pending is not None:
+            st.add_words([], s)
+    if not rows:
+        return
+    width = _batch_size(len(rows), features.shape[0])
+    index = rows + [rows[0]] * (width - len(rows))
+    qk, probs = alignment_attention(model, features[jnp.asarray(index)],
+                                    sequences + [sequences[0]] * (width - len(rows)), streams[rows[0]].tokenizer.eot)
+    for k, i in enumerate(rows):
+        st, seq = streams[i], sequences[k]
+        n_sot = len(st.tokenizer.sot_sequence)
+        text = seq[n_sot + 1: -1]
+        alignment = word_alignment(qk[k, :, : len(seq)], sizes[i], text, probs[k, n_sot: n_sot + len(text)],
+                                   st.tokenizer, sot_length=n_sot, language=st.language)
+        st.add_words(alignment, s)
+
+
+def parse_clip_timestamps(clips: str | Sequence[float] | None) -> tuple[float, ...]:
+    """``"start,end,..."`` seconds (or numbers) as a tuple; each a finite number >= 0. ``"0"`` and None: ()."""
+    if clips is None:
+        return ()
+    try:
+        values = tuple(float(t) for t in (clips.split(",") if isinstance(clips, str) else clips) if str(t).strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_timestamps must be comma-separated seconds start,end,start,..., got {clips!r}"
+                         ) from None
+    if any(not (np.isfinite(t) and t >= 0) for t in values):
+        raise ValueError(f"clip_timestamps must be seconds >= 0, got {clips!r}")
+    return () if values == (0.0,) else values
 
 
 def _name(audio) -> str:
@@ -326,18 +516,43 @@ def _retire(active: list[tuple[int, _Stream]], finished: dict) -> list[tuple[int
     return [a for a in active if not a[1].done]
 
 
+CHUNKED_OPTIONS = frozenset({"task", "patience", "length_penalty", "suppress_tokens", "suppress_blank",
+                             "max_initial_timestamp", "sample_len", "no_speech_threshold", "logprob_threshold",
+                             "chunk_length_s", "stride_length_s"})  # what transcribe_chunked also takes
+
+
 def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray, *, beam_size: int | None = None,
                temperature: float | Sequence[float] = 0.0, language: str | None = "en",
-               without_timestamps: bool = False, **kwargs) -> dict[str, Any]:
+               without_timestamps: bool = False, chunk_batch_size: int | None = None, **kwargs) -> dict[str, Any]:
     """Transcribe one file or 16 kHz mono float array of any length, as openai-whisper's ``transcribe``.
 
     Returns ``{"text", "segments": [{"id", "seek", "start", "end", "text", "tokens", "temperature",
-    "avg_logprob", "compression_ratio", "no_speech_prob"}], "language"}``. ``temperature`` may be a tuple: the
-    fallback sequence (openai-whisper's default is ``(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)``). ``language=None``
+    "avg_logprob", "compression_ratio", "no_speech_prob"[, "words"]}], "language"}``. ``temperature`` may be a
+    tuple: the fallback sequence (openai-whisper's default is ``(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)``). ``language=None``
     detects it (multilingual models). Other keyword arguments: see :func:`transcribe_many` (thresholds,
     ``condition_on_previous_text``, ``initial_prompt``, ``best_of``, ``patience``, ``length_penalty``, ...).
     Loading errors raise (FileNotFoundError, ValueError naming the file).
+
+    ``chunk_batch_size=N``: whisper-jax's batched algorithm instead of the sequential one (30 s chunks overlapping
+    by 5 s strides, decoded N at a time at temperature 0 without previous-text prompts, stitched;
+    :func:`jax_whisper.chunked.transcribe_chunked`); options it cannot honour (word timestamps, a temperature
+    fallback, prompts, clips) raise ValueError.
     """
+    if chunk_batch_size is not None:
+        from jax_whisper.chunked import transcribe_chunked
+
+        unsupported = sorted(k for k, v in kwargs.items() if k not in CHUNKED_OPTIONS and v not in (None, False))
+        # no prompts and no fallback to heed: the chunks are independent, decoded once at temperature 0
+        unsupported = [k for k in unsupported if k not in ("condition_on_previous_text", "seed",
+                                                            "compression_ratio_threshold")]
+        if temperature not in (0, 0.0, (0.0,), [0.0]):
+            unsupported.insert(0, "temperature")
+        if unsupported:
+            raise ValueError(f"chunk_batch_size (chunked transcription) does not go with {', '.join(unsupported)}: "
+                             f"it decodes each chunk once, greedily or by beam search, at temperature 0")
+        return transcribe_chunked(model, cfg, audio, chunk_batch_size=chunk_batch_size, beam_size=beam_size,
+                                  language=language, without_timestamps=without_timestamps,
+                                  **{k: v for k, v in kwargs.items() if k in CHUNKED_OPTIONS})
     (result,) = transcribe_many(model, cfg, [audio], batch_size=1, beam_size=beam_size, temperature=temperature,
                                 language=language, without_timestamps=without_timestamps, **kwargs)
     if isinstance(result, Exception):
@@ -354,16 +569,79 @@ def format_timestamp(seconds: float, marker: str = ".", always_hours: bool = Fal
     return (f"{h:02d}:" if always_hours or h else "") + f"{m:02d}:{s:02d}{marker}{ms:03d}"
 
 
-def to_srt(segments: Iterable[dict[str, Any]]) -> str:
-    cues = [s for s in segments if s["text"].strip()]
-    return "".join(f"{i}\n{format_timestamp(s['start'], ',', True)} --> {format_timestamp(s['end'], ',', True)}\n"
-                   f"{s['text'].strip()}\n\n" for i, s in enumerate(cues, 1))
+def _word_groups(segments: list[dict[str, Any]], max_line_width: int | None, max_line_count: int | None,
+                 max_words_per_line: int | None) -> Iterator[list[dict[str, Any]]]:
+    """Words grouped into subtitles as openai-whisper's subtitle writers group them.
+
+    Without both a line width and a line count, each segment's words make cues of at most ``max_words_per_line``
+    words; with both, lines fill up to ``max_line_width`` characters and ``max_line_count`` lines make a cue, a
+    pause over 3 s starting a new one. Words keep their leading space inside a line; a line break is a newline
+    before the word."""
+    by_segment = max_line_count is None or max_line_width is None
+    width, per_line = max_line_width or 1000, max_words_per_line or 1000
+    first = next((w["start"] for s in segments for w in s["words"]), segments[0]["start"] if segments else None)
+    last, line_len, n_lines, group = first or 0.0, 0, 1, []
+    for segment in segments:
+        words = segment["words"]
+        for chunk in range(0, len(words), per_line):
+            for i, word in enumerate(words[chunk: chunk + per_line]):
+                word = dict(word)
+                pause = not by_segment and word["start"] - last > 3.0
+                new_cue = i == 0 and bool(group) and by_segment
+                if line_len > 0 and line_len + len(word["word"]) <= width and not pause and not new_cue:
+                    line_len += len(word["word"])
+                else:
+                    word["word"] = word["word"].strip()
+                    if group and max_line_count is not None and (pause or n_lines >= max_line_count) or new_cue:
+                        yield group
+                        group, n_lines = [], 1
+                    elif line_len > 0:
+                        n_lines += 1
+                        word["word"] = "\n" + word["word"]
+                    line_len = len(word["word"].strip())
+                group.append(word)
+                last = word["start"]
+    if group:
+        yield group
 
 
-def to_vtt(segments: Iterable[dict[str, Any]]) -> str:
-    cues = [s for s in segments if s["text"].strip()]
-    return "WEBVTT\n\n" + "".join(f"{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}\n"
-                                  f"{s['text'].strip()}\n\n" for s in cues)
+def _cues(segments: Iterable[dict[str, Any]], timestamp, *, highlight_words: bool = False,
+          max_line_width: int | None = None, max_line_count: int | None = None,
+          max_words_per_line: int | None = None) -> Iterator[tuple[str, str, str]]:
+    """(start, end, text) of each cue: one per segment with text, or, when the segments carry ``words``, the word
+    groups of :func:`_word_groups`; ``highlight_words`` repeats a cue once per word with that word underlined."""
+    segments = list(segments)
+    if not (segments and "words" in segments[0]):
+        yield from ((timestamp(s["start"]), timestamp(s["end"]), s["text"].strip()) for s in segments
+                    if s["text"].strip())
+        return
+    for group in _word_groups(segments, max_line_width, max_line_count, max_words_per_line):
+        start, end = timestamp(group[0]["start"]), timestamp(group[-1]["end"])
+        text = "".join(w["word"] for w in group)
+        if not highlight_words:
+            yield start, end, text
+            continue
+        last = start
+        for i, word in enumerate(group):
+            w_start, w_end = timestamp(word["start"]), timestamp(word["end"])
+            if last != w_start:
+                yield last, w_start, text
+            yield w_start, w_end, "".join(re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", w["word"]) if j == i else w["word"]
+                                          for j, w in enumerate(group))
+            last = w_end
+
+
+def to_srt(segments: Iterable[dict[str, Any]], **layout) -> str:
+    """SubRip cues; ``layout``: ``highlight_words``, ``max_line_width``, ``max_line_count``, ``max_words_per_line``
+    (for segments with words, see :func:`_cues`)."""
+    cues = _cues(segments, lambda t: format_timestamp(t, ",", True), **layout)
+    return "".join(f"{i}\n{start} --> {end}\n{text}\n\n" for i, (start, end, text) in enumerate(cues, 1))
+
+
+def to_vtt(segments: Iterable[dict[str, Any]], **layout) -> str:
+    """WebVTT cues; ``layout`` as :func:`to_srt`."""
+    cues = _cues(segments, format_timestamp, **layout)
+    return "WEBVTT\n\n" + "".join(f"{start} --> {end}\n{text}\n\n" for start, end, text in cues)
 
 
 def to_tsv(segments: Iterable[dict[str, Any]]) -> str:
@@ -393,13 +671,16 @@ def to_json(result: dict[str, Any]) -> str:
     return json.dumps(finite(result), ensure_ascii=False, allow_nan=False)
 
 
-OUTPUT_FORMATS = {"txt": lambda r: to_txt(r["segments"]), "json": to_json, "srt": lambda r: to_srt(r["segments"]),
-                  "vtt": lambda r: to_vtt(r["segments"]), "tsv": lambda r: to_tsv(r["segments"])}
+OUTPUT_FORMATS = {"txt": lambda r, **_: to_txt(r["segments"]), "json": lambda r, **_: to_json(r),
+                  "srt": lambda r, **layout: to_srt(r["segments"], **layout),
+                  "vtt": lambda r, **layout: to_vtt(r["segments"], **layout),
+                  "tsv": lambda r, **_: to_tsv(r["segments"])}
 
 
-def write_outputs(result: dict[str, Any], stem: str | os.PathLike, formats: Iterable[str]) -> list[Path]:
+def write_outputs(result: dict[str, Any], stem: str | os.PathLike, formats: Iterable[str], **layout) -> list[Path]:
     """Write ``result`` as ``<stem>.<format>`` for each of ``formats`` (``OUTPUT_FORMATS``), each atomically (a
-    temporary sibling renamed into place), so a reader never sees half a file; returns the paths."""
+    temporary sibling renamed into place), so a reader never sees half a file; returns the paths. ``layout``:
+    the subtitle options of :func:`to_srt`."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -408,7 +689,7 @@ def write_outputs(result: dict[str, Any], stem: str | os.PathLike, formats: Iter
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(OUTPUT_FORMATS[fmt](result))
+                f.write(OUTPUT_FORMATS[fmt](result, **layout))
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)

@@ -383,7 +383,8 @@ def test_ct2_export_refuses_what_it_cannot_write(tmp_path, seed):
         save_checkpoint(jm, SMALL, tmp_path / "a", format="ctranslate2", quantization="int4")
     with pytest.raises(ValueError, match="only CTranslate2 exports are quantised"):
         save_checkpoint(jm, SMALL, tmp_path / "a", format="hf", quantization="int8")
-    with pytest.raises(ValueError, match=r"alignment heads \[\[2, 0\]\]: not within the decoder's 2 layers x 4"):
+    with pytest.raises(ValueError, match=r"alignment heads \[\[2, 0\]\]: expected \[layer, head\] pairs within the "
+                                         r"decoder.s 2 layers x 4"):
         save_checkpoint(jm, SMALL, tmp_path / "a", format="ctranslate2", heads=[[2, 0]])
     odd = dataclasses.replace(SMALL, n_vocab=1000)
     _, om = _small_model(seed, odd)

@@ -178,6 +178,54 @@ def test_torch_reference_vs_openai_whisper(models, seed):
                 max_abs=ABS)
 
 
+def test_cross_attention_logits(models, seed):
+    """Every decoder layer's cross-attention logits (what word timestamps read), flax vs torch reference vs
+    openai-whisper's own (its ``qkv_attention``'s ``qk``, taken with find_alignment's hooks, SDPA off)."""
+    cfg, tm, jm = models
+    mel, tokens = random_inputs(cfg, seed)
+    peer = _openai_model(cfg, tm.state_dict())
+    qks = [None] * cfg.n_text_layer
+    hooks = [b.cross_attn.register_forward_hook(lambda _, ins, outs, i=i: qks.__setitem__(i, outs[-1]))
+             for i, b in enumerate(peer.decoder.blocks)]
+    with torch.no_grad(), ow.disable_sdpa():
+        p_logits = peer(torch.from_numpy(mel), torch.from_numpy(tokens))
+        t_xa = tm.encoder(torch.from_numpy(mel))
+        t_logits, t_qks = tm.decoder(torch.from_numpy(tokens), t_xa, return_qk=True)
+    for h in hooks:
+        h.remove()
+    j_logits, j_qks = nnx.jit(lambda m, t, xa: m.decoder(t, xa, return_qk=True))(jm, tokens, t_xa.numpy())
+    check_close(t_logits, p_logits, what="torch ref vs openai: logits with qk", seed=seed, rel_l2=REL, max_abs=ABS)
+    check_close(j_logits, t_logits, what="decoder logits with qk", seed=seed, rel_l2=REL, max_abs=ABS)
+    assert len(t_qks) == len(j_qks) == cfg.n_text_layer
+    for i in range(cfg.n_text_layer):
+        assert t_qks[i].shape == (tokens.shape[0], cfg.n_text_head, tokens.shape[1], cfg.n_audio_ctx)
+        check_close(t_qks[i], qks[i], what="torch ref vs openai: cross-attention logits", seed=seed, rel_l2=REL,
+                    max_abs=ABS)
+        check_close(j_qks[i], t_qks[i], what="flax vs torch ref: cross-attention logits", seed=seed, rel_l2=REL,
+                    max_abs=ABS)
+    with pytest.raises(ValueError, match="return_qk is for a forward pass without a cache"):
+        jm.decoder(jnp.asarray(tokens), jnp.asarray(t_xa.numpy()), jm.init_cache(jnp.asarray(t_xa.numpy())),
+                   return_qk=True)
+
+
+def test_alignment_heads_attribute(cfg):
+    """Both models carry the alignment heads (openai-whisper's default for fresh weights), checked on assignment."""
+    from jax_whisper.config import alignment_heads
+
+    tm = tmodel.Whisper(cfg)
+    jm = jmodel.Whisper(cfg, rngs=nnx.Rngs(0))
+    expected = tuple(map(tuple, alignment_heads(cfg)))
+    assert tm.alignment_heads == jm.alignment_heads == expected
+    jm.set_alignment_heads([[0, 1]])
+    assert jm.alignment_heads == ((0, 1),)
+    nnx.split(jm)  # a static attribute of the graph
+    for bad in ([[cfg.n_text_layer, 0]], [[0, cfg.n_text_head]], [], [[0]]):
+        with pytest.raises(ValueError, match="expected \\[layer, head\\] pairs within the decoder"):
+            jm.set_alignment_heads(bad)
+        with pytest.raises(ValueError, match="expected \\[layer, head\\] pairs within the decoder"):
+            tm.set_alignment_heads(bad)
+
+
 def test_loss_and_gradients(models, seed):
     """Token cross-entropy with padding ignored, and the gradient of every parameter (relative L2 <= 1e-4)."""
     from jax_whisper.formats.mapping import torch_name

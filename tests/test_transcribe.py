@@ -70,7 +70,10 @@ def tiny(tmp_path_factory):
     cfg, jm = load_checkpoint(path)
     pt = tmp_path_factory.mktemp("tiny") / "tiny.en.pt"
     save_checkpoint(jm, cfg, pt, format="openai")
-    return {"path": path, "cfg": cfg, "jm": jm, "om": whisper.load_model(str(pt), device="cpu")}
+    om = whisper.load_model(str(pt), device="cpu")
+    om.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])  # what load_model("tiny.en") sets by name
+    assert jm.alignment_heads == tuple(map(tuple, om.alignment_heads.indices().T.tolist()))  # from config.json
+    return {"path": path, "cfg": cfg, "jm": jm, "om": om}
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +269,77 @@ def test_long_form_60s(tiny, jfk):
         (s["start"], s["end"], s["text"]) for s in ref["segments"]]
 
 
+def _words(result) -> list[dict]:
+    return [w for s in result["segments"] for w in s.get("words", [])]
+
+
+def _compare_words(ours: dict, ref: dict) -> tuple[int, int, float]:
+    """Same words as openai-whisper (asserted); returns (words, words whose start and end are both within 0.02 s,
+    largest probability difference)."""
+    a, b = _words(ours), _words(ref)
+    assert [w["word"] for w in a] == [w["word"] for w in b]
+    close = sum(abs(x["start"] - y["start"]) <= 0.02 + 1e-9 and abs(x["end"] - y["end"]) <= 0.02 + 1e-9
+                for x, y in zip(a, b, strict=True))
+    return len(a), close, max((abs(x["probability"] - y["probability"]) for x, y in zip(a, b, strict=True)),
+                              default=0.0)
+
+
+@needs_speech
+def test_word_timestamps_match_openai(tiny, corpus, greedy):
+    """``word_timestamps=True`` on every file (greedy, as the regression test): where our transcript equals
+    openai-whisper's, the same words, each start and end within 0.02 s of its for >= 99 % of the words, segment
+    bounds likewise, probabilities within 1e-3. (A file whose transcript differs is the greedy test's to judge.)"""
+    from jax_whisper.transcribe import transcribe_many
+
+    ids = [i for i in corpus if greedy["ours"][i]["text"] == greedy["openai"][i]["text"]]
+    assert len(ids) >= 0.9 * len(corpus)
+    ours = dict(zip(ids, transcribe_many(tiny["jm"], tiny["cfg"], [corpus[i][0] for i in ids], batch_size=8,
+                                         word_timestamps=True, **GREEDY), strict=True))
+    words = close = seg_total = seg_close = 0
+    worst_p = 0.0
+    for i in ids:
+        ref = whisper.transcribe(tiny["om"], corpus[i][0], fp16=False, language="en", word_timestamps=True, **GREEDY)
+        assert ours[i]["text"] == ref["text"], i
+        n, c, p = _compare_words(ours[i], ref)
+        words, close, worst_p = words + n, close + c, max(worst_p, p)
+        bounds = [(s["start"], s["end"]) for s in ours[i]["segments"]]
+        ref_bounds = [(s["start"], s["end"]) for s in ref["segments"]]
+        assert len(bounds) == len(ref_bounds), i
+        seg_total += len(bounds)
+        seg_close += sum(abs(a - c) <= 0.02 + 1e-9 and abs(b - d) <= 0.02 + 1e-9
+                         for (a, b), (c, d) in zip(bounds, ref_bounds, strict=True))
+    print(f"\nword timestamps, {len(ids)} files: {words} words, {close} within 0.02 s of openai-whisper's; "
+          f"{seg_close}/{seg_total} segment bounds; largest probability difference {worst_p:.2e}")
+    assert words > 1000 and close >= 0.99 * words
+    assert seg_close >= 0.99 * seg_total
+    assert worst_p <= 1e-3
+
+
+def test_word_timestamps_long_form(tiny, jfk):
+    """60 s (JFK, 38 s of silence, JFK) with openai-whisper's defaults (previous text as prompt): word timestamps
+    with ``hallucination_silence_threshold`` and with ``clip_timestamps`` give openai-whisper's segments and words
+    (times within 0.02 s), the seek moves by the words included."""
+    from jax_whisper.transcribe import transcribe
+
+    gap = 60 * SAMPLE_RATE - 2 * len(jfk)
+    audio = np.concatenate([jfk, np.zeros(gap, np.float32), jfk])
+    for options in ({"hallucination_silence_threshold": 1.0}, {"clip_timestamps": "2,9.5,45"}):
+        result = transcribe(tiny["jm"], tiny["cfg"], audio, word_timestamps=True, **options)
+        ref = whisper.transcribe(tiny["om"], audio, fp16=False, language="en", temperature=0.0, word_timestamps=True,
+                                 **options)
+        print(f"\n{options}\n" + "\n".join(f"[{s['start']:6.2f} -> {s['end']:6.2f}] {s['text']}"
+                                            for s in result["segments"]))
+        assert [s["text"] for s in result["segments"]] == [s["text"] for s in ref["segments"]], options
+        n, close, _ = _compare_words(result, ref)
+        assert n > 10 and close == n, options
+        for s, r in zip(result["segments"], ref["segments"], strict=True):
+            assert abs(s["start"] - r["start"]) <= 0.02 + 1e-9 and abs(s["end"] - r["end"]) <= 0.02 + 1e-9
+            assert s["seek"] == r["seek"]
+    clipped = [w for w in _words(result)]
+    assert clipped[0]["start"] >= 2.0 - 0.02 and all(w["end"] <= 9.5 + 0.02 or w["start"] >= 45 - 0.02
+                                                      for w in clipped)
+
+
 def _cli():
     spec = importlib.util.spec_from_file_location("transcribe_cli", ROOT / "scripts" / "transcribe.py")
     module = importlib.util.module_from_spec(spec)
@@ -320,6 +394,76 @@ def test_cli_bad_files_are_reported_and_skipped(tiny, jfk, tmp_path):
     assert saved["text"].strip() == lines[0]["text"] and saved["segments"] == lines[0]["segments"]
     assert (outdir / "jfk.srt").read_text().startswith("1\n00:00:00,000 --> 00:00:")
     assert (outdir / "jfk.tsv").read_text().startswith("start\tend\ttext\n0\t")
+
+
+def test_cli_word_timestamps_and_chunked(tiny, jfk, tmp_path):
+    """``--word-timestamps --json`` puts words into every segment (the library's words), ``--srt`` with
+    ``--max-words-per-line 4`` makes cues of at most 4 words within the segment's times; ``--chunked`` transcribes
+    the file as ``transcribe(..., chunk_batch_size=N)`` does."""
+    import soundfile as sf
+
+    from jax_whisper.transcribe import transcribe
+
+    path = tmp_path / "jfk.flac"
+    sf.write(path, jfk, SAMPLE_RATE)
+    base = ["--model", str(tiny["path"]), "--no-progress"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert _cli().main([*base, "--word-timestamps", "--json", str(path)]) == 0
+    line = json.loads(out.getvalue())
+    expected = transcribe(tiny["jm"], tiny["cfg"], load_audio(path), word_timestamps=True)
+    assert [s["words"] for s in line["segments"]] == [s["words"] for s in expected["segments"]]
+    assert sum(len(s["words"]) for s in line["segments"]) == 22
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert _cli().main([*base, "--word-timestamps", "--srt", "--max-words-per-line", "4", str(path)]) == 0
+    cues = out.getvalue().strip().split("\n\n")
+    assert len(cues) >= 22 / 4 and all(len(c.splitlines()[2].split()) <= 4 for c in cues)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert _cli().main([*base, "--chunked", "--chunk-batch-size", "2", "--json", str(path)]) == 0
+    chunked = transcribe(tiny["jm"], tiny["cfg"], load_audio(path), chunk_batch_size=2)
+    assert json.loads(out.getvalue())["text"] == chunked["text"].strip()
+    assert "ask not what your country can do for you" in chunked["text"].lower()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-words-per-line", "3"], "--max-words-per-line needs --word-timestamps"),
+    (["--highlight-words", "--hallucination-silence-threshold", "2"],
+     "--highlight-words, --hallucination-silence-threshold needs --word-timestamps"),
+    (["--word-timestamps", "--max-line-width", "0"], "--max-line-width 0: expected a positive number"),
+    (["--chunked", "--word-timestamps"], "--chunked does not go with --word-timestamps"),
+    (["--chunked", "--temperature", "0,0.2", "--best-of", "2"], "--chunked does not go with --best-of, --temperature"),
+    (["--chunked", "--chunk-batch-size", "0"], "--chunk-batch-size 0: expected a positive number"),
+])
+def test_cli_flags_that_cannot_work(flags, message, tmp_path):
+    """Flag combinations that cannot work: one error line naming them, exit status 2, before any model is read."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert _cli().main(["--model", str(tmp_path / "none"), *flags, str(tmp_path / "a.wav")]) == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("transcribe: error: ") and message in lines[0], lines
+
+
+def test_library_options_that_cannot_work():
+    from jax_whisper.config import WhisperConfig
+    from jax_whisper.transcribe import parse_clip_timestamps, transcribe, transcribe_many
+
+    cfg = WhisperConfig.preset("tiny.en")
+    with pytest.raises(ValueError, match="hallucination_silence_threshold needs word_timestamps"):
+        next(transcribe_many(None, cfg, [], hallucination_silence_threshold=2.0))
+    with pytest.raises(ValueError, match="hallucination_silence_threshold must be a positive"):
+        next(transcribe_many(None, cfg, [], word_timestamps=True, hallucination_silence_threshold=0))
+    with pytest.raises(ValueError, match="clip_timestamps must be comma-separated seconds"):
+        parse_clip_timestamps("1,x")
+    with pytest.raises(ValueError, match="clip_timestamps must be seconds >= 0"):
+        parse_clip_timestamps([1.0, -2.0])
+    assert parse_clip_timestamps("0") == parse_clip_timestamps(None) == ()
+    assert parse_clip_timestamps("1.5, 3,") == (1.5, 3.0)
+    with pytest.raises(ValueError, match="chunk_batch_size .* does not go with temperature, initial_prompt, "
+                                         "word_timestamps"):
+        transcribe(None, cfg, np.zeros(10, np.float32), chunk_batch_size=2, temperature=(0.0, 0.2),
+                   word_timestamps=True, initial_prompt="hi")
 
 
 # ---- without a pretrained model ------------------------------------------------------------------------------

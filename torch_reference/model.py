@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jax_whisper.config import WhisperConfig
+from jax_whisper.config import WhisperConfig, alignment_heads, checked_alignment_heads
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> Tensor:
@@ -57,12 +57,12 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(n_state, n_state)
         self.attn_dropout = nn.Dropout(attn_dropout)
 
-    def forward(self, x, xa=None, mask=None, kv_cache=None, offset=0):
+    def forward(self, x, xa=None, mask=None, kv_cache=None, offset=0, return_qk=False):
         """Self-attention when ``xa`` is None, else cross-attention to ``xa``.
 
         ``kv_cache`` is this layer's ``(k, v)``: for self-attention, buffers the new keys/values are written into
         at ``offset``; for cross-attention, the keys/values of ``xa`` from :meth:`audio_kv` (then ``xa`` is not
-        read). Returns ``(out, kv_cache)``.
+        read). Returns ``(out, kv_cache)``, and with ``return_qk`` also :meth:`attention_logits`.
         """
         q = self.query(x)
         if xa is None:
@@ -79,7 +79,10 @@ class MultiHeadAttention(nn.Module):
             k, v = self.audio_kv(xa)
         else:
             k, v = kv_cache
-        return self.out(self.qkv_attention(q, k, v, mask)), kv_cache
+        out = self.out(self.qkv_attention(q, k, v, mask))
+        if return_qk:
+            return out, kv_cache, self.attention_logits(q, k, mask)
+        return out, kv_cache
 
     def _heads(self, k, v):
         """Keys (batch, n_head, d_head, n) scaled, values (batch, n_head, n, d_head): the layout the attention
@@ -100,6 +103,15 @@ class MultiHeadAttention(nn.Module):
         scale = (n_state // self.n_head) ** -0.25
         q = q.view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3) * scale
         return self._attend(q, k, v, mask).permute(0, 2, 1, 3).flatten(start_dim=2)
+
+    def attention_logits(self, q, k, mask=None):
+        """The logits before the softmax, (batch, n_head, n_query, n_key) in float32, as openai-whisper's
+        ``qkv_attention`` returns them: word timestamps read the alignment heads' cross-attention from them."""
+        n_batch, n_query, n_state = q.shape
+        scale = (n_state // self.n_head) ** -0.25
+        q = q.view(n_batch, n_query, self.n_head, -1).permute(0, 2, 1, 3) * scale
+        qk = (q @ k).float()
+        return qk if mask is None else qk + mask
 
     def _attend(self, q, k, v, mask):
         qk = (q @ k).float()
@@ -122,16 +134,20 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp_ln = nn.LayerNorm(n_state)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, xa=None, mask=None, kv_cache=None, offset=0):
-        """``kv_cache`` is this layer's ``(k, v, xk, xv)`` or None; returns ``(x, kv_cache)``."""
+    def forward(self, x, xa=None, mask=None, kv_cache=None, offset=0, return_qk=False):
+        """``kv_cache`` is this layer's ``(k, v, xk, xv)`` or None; returns ``(x, kv_cache)``, with ``return_qk``
+        ``(x, kv_cache, qk)``: the cross-attention logits."""
         self_kv, cross_kv = (None, None) if kv_cache is None else (kv_cache[:2], kv_cache[2:])
         h, self_kv = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, offset=offset)
         x = x + self.dropout(h)
+        qk = None
         if self.cross_attn is not None:
-            h, cross_kv = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv)
+            out = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv, return_qk=return_qk)
+            h, cross_kv, qk = out if return_qk else (*out, None)
             x = x + self.dropout(h)
         x = x + self.dropout(self.mlp(self.mlp_ln(x)))
-        return x, None if kv_cache is None else (*self_kv, *cross_kv)
+        kv_cache = None if kv_cache is None else (*self_kv, *cross_kv)
+        return (x, kv_cache, qk) if return_qk else (x, kv_cache)
 
 
 class AudioEncoder(nn.Module):
@@ -175,14 +191,18 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(n_state)
         self.register_buffer("mask", torch.full((n_ctx, n_ctx), -math.inf).triu_(1), persistent=False)
 
-    def forward(self, x: Tensor, xa: Tensor, kv_cache: KVCache | None = None):
+    def forward(self, x: Tensor, xa: Tensor, kv_cache: KVCache | None = None, return_qk: bool = False):
         """x: (batch, n_tokens) token ids; xa: (batch, n_audio, n_state) encoder output.
 
         Without a cache returns logits (batch, n_tokens, n_vocab). With one, the tokens are positions
         ``kv_cache.offset ...`` and the call returns ``(logits, kv_cache)`` with the offset advanced.
+        ``return_qk`` (without a cache): return ``(logits, qks)``, ``qks`` every layer's cross-attention logits
+        (batch, n_head, n_tokens, n_audio).
         """
         n_ctx = self.positional_embedding.shape[0]
         offset = 0 if kv_cache is None else kv_cache.offset
+        if return_qk and kv_cache is not None:
+            raise ValueError("return_qk is for a forward pass without a cache")
         if x.ndim != 2 or offset + x.shape[1] > n_ctx:
             raise ValueError(f"tokens must be (batch, n) with offset + n <= {n_ctx}, got {tuple(x.shape)}, "
                              f"offset {offset}")
@@ -195,13 +215,16 @@ class TextDecoder(nn.Module):
             slots = torch.arange(kv_cache.k[0].shape[-1], device=x.device)
             positions = offset + torch.arange(n, device=x.device)
             mask = torch.where(slots[None, :] <= positions[:, None], 0.0, -math.inf)
-        layers = []
+        layers, qks = [], []
         for i, block in enumerate(self.blocks):
             layer = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], kv_cache.xk[i], kv_cache.xv[i])
-            x, layer = block(x, xa, mask=mask, kv_cache=layer, offset=offset)
+            x, layer, *qk = block(x, xa, mask=mask, kv_cache=layer, offset=offset, return_qk=return_qk)
             layers.append(layer)
+            qks += qk
         x = self.ln(x)
         logits = (x @ self.token_embedding.weight.to(x.dtype).T).float()
+        if return_qk:
+            return logits, qks
         if kv_cache is None:
             return logits
         k, v, xk, xv = (list(t) for t in zip(*layers, strict=True))
@@ -230,7 +253,13 @@ class Whisper(nn.Module):
             cfg.n_vocab, cfg.n_text_ctx, cfg.n_text_state, cfg.n_text_head, cfg.n_text_layer,
             cfg.dropout, cfg.attn_dropout,
         )
+        self.set_alignment_heads(alignment_heads(cfg))
         self.reset_parameters()
+
+    def set_alignment_heads(self, heads) -> None:
+        """The decoder's cross-attention heads that word timestamps read, ``[layer, head]`` pairs (a checkpoint's,
+        or openai-whisper's default: every head of the last half of the layers)."""
+        self.alignment_heads = checked_alignment_heads(heads, self.cfg)
 
     @torch.no_grad()
     def reset_parameters(self):
