@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jax_whisper.audio import HOP_LENGTH, SAMPLE_RATE, load_audio
+from jax_whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from jax_whisper.config import WhisperConfig
 from jax_whisper.decoding import (
     TIME_PRECISION,
@@ -57,7 +57,7 @@ from jax_whisper.decoding import (
     prepare,
 )
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
-from jax_whisper.transcribe import _batch_size, _mel, _name
+from jax_whisper.transcribe import _batch_size, _mel, load_samples
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 log-mel frames a second
 MIN_AGREEMENT = 2  # tokens that must agree for an offset to count as an overlap
@@ -263,16 +263,6 @@ def _window(mel: np.ndarray, content: int, chunk: Chunk, n_frames: int, pad_with
     return np.concatenate([mel[:, chunk.start: chunk.end], mel[:, mel.shape[1] - (n_frames - size):]], axis=1)
 
 
-def _load(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
-    samples = load_audio(audio) if isinstance(audio, str | os.PathLike) else np.asarray(audio, np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"{_name(audio)}: audio must be 1-D 16 kHz samples, got shape {samples.shape}")
-    if not np.isfinite(samples).all():  # NaN would decode to garbage tokens, not fail
-        bad = int(np.count_nonzero(~np.isfinite(samples)))
-        raise ValueError(f"{_name(audio)}: {bad} of {samples.size} samples are NaN or infinite")
-    return samples
-
-
 def _frames(seconds: float, name: str) -> int:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not np.isfinite(seconds):
         raise ValueError(f"{name} must be a number of seconds, got {seconds!r}")
@@ -329,7 +319,7 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
                               suppress_tokens=suppress_tokens, suppress_blank=suppress_blank,
                               without_timestamps=not timestamps, max_initial_timestamp=max_initial_timestamp)
 
-    samples = _load(audio)
+    samples = load_samples(audio)
     mel, content = _mel(samples, cfg.n_mels, window * HOP_LENGTH)
     chunks = plan_chunks(content, chunk_frames, stride)
     if english_only:

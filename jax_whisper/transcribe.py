@@ -409,15 +409,8 @@ def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _S
             except StopIteration:
                 exhausted = True
                 break
-            audio_in = audio
             try:
-                audio = load_audio(audio) if isinstance(audio, str | os.PathLike) else np.asarray(audio, np.float32)
-                if audio.ndim != 1:
-                    raise ValueError(f"audio must be 1-D 16 kHz samples, got shape {audio.shape}")
-                if not np.isfinite(audio).all():  # NaN would decode to garbage tokens, not fail
-                    bad = int(np.count_nonzero(~np.isfinite(audio)))
-                    raise ValueError(f"{_name(audio_in)}: {bad} of {audio.size} samples are NaN or infinite")
-                mel, frames = _mel(audio, cfg.n_mels, window * HOP_LENGTH)
+                mel, frames = _mel(load_samples(audio), cfg.n_mels, window * HOP_LENGTH)
             except Exception as e:  # noqa: BLE001 - reported per file
                 finished[index] = e
                 continue
@@ -502,6 +495,18 @@ def parse_clip_timestamps(clips: str | Sequence[float] | None) -> tuple[float, .
     if any(not (np.isfinite(t) and t >= 0) for t in values):
         raise ValueError(f"clip_timestamps must be seconds >= 0, got {clips!r}")
     return () if values == (0.0,) else values
+
+
+def load_samples(audio: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """A file's 16 kHz mono samples (``load_audio``), or an array checked: 1-D and finite (NaN would decode to
+    garbage tokens, not fail); ValueError naming the file otherwise."""
+    samples = load_audio(audio) if isinstance(audio, str | os.PathLike) else np.asarray(audio, np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"{_name(audio)}: audio must be 1-D 16 kHz samples, got shape {samples.shape}")
+    if not np.isfinite(samples).all():
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise ValueError(f"{_name(audio)}: {bad} of {samples.size} samples are NaN or infinite")
+    return samples
 
 
 def _name(audio) -> str:

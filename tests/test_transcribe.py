@@ -9,7 +9,8 @@ NG, and the recorded speech of ``../shared/speech_eval`` (or ``$SPEECH_EVAL``; t
 Every run compares the greedy transcripts of 6 eSpeak sentences and of all 109 speech_eval files with openai-whisper's
 and faster-whisper's (a regression test over the whole corpus: a CPU or library change that moves one transcript
 shows here). Where ours parts from both peers, the float64 model (``parity_tests/reference64.py``) judges: at the
-first token where the decodes differ, its logits must prefer our token. The other checks (beam search, the
+first token where the decodes differ, its logits must prefer our token. Word timestamps are compared with
+openai-whisper's on every file too (the same words, times within 0.02 s). The other checks (beam search, the
 CTranslate2 and Hugging Face exports) use 6 of the files (both JFK files, one test-clean, one dev-clean and two
 test-other utterances); ``JAX_WHISPER_FULL_PARITY=1`` runs them on every file and 40 sentences (about 25 minutes
 on 2 cores, openai-whisper's share the largest).
