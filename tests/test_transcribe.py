@@ -199,12 +199,16 @@ def test_beam5_equals_openai(tiny, corpus):
 
 
 def test_ctranslate2_export_transcribes_as_the_original(tiny, corpus, greedy, tmp_path):
-    """Our CTranslate2 export of tiny.en (float32, alignment heads from the original's config.json) in
-    faster-whisper: the same greedy text as faster-whisper on Systran's original, every file."""
+    """Our CTranslate2 export of tiny.en (float32; the alignment heads the loaded model carries from the original's
+    config.json, exported by default) in faster-whisper: the same greedy text as faster-whisper on Systran's
+    original, every file."""
+    from jax_whisper.config import alignment_heads
     from jax_whisper.convert import checkpoint_alignment_heads, save_checkpoint
 
-    out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "ct2", format="ctranslate2",
-                          heads=checkpoint_alignment_heads(tiny["path"], tiny["cfg"]))
+    out = save_checkpoint(tiny["jm"], tiny["cfg"], tmp_path / "ct2", format="ctranslate2")
+    original = checkpoint_alignment_heads(tiny["path"], tiny["cfg"])
+    assert json.loads((out / "config.json").read_text())["alignment_heads"] == original
+    assert checkpoint_alignment_heads(out, tiny["cfg"]) == original != [list(h) for h in alignment_heads(tiny["cfg"])]
     fw = _faster_whisper(out)
     for i in subset(corpus):
         segments, _ = fw.transcribe(corpus[i][0], language="en", beam_size=1, temperature=0.0,
