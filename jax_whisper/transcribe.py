@@ -157,8 +157,7 @@ class _Stream:
         segments wait in ``pending`` for :meth:`add_words` (word timestamps) and :meth:`keep`."""
         tok = self.tokenizer
         self.pending = None
-        if s.no_speech_threshold is not None and result.no_speech_prob > s.no_speech_threshold and not (
-                s.logprob_threshold is not None and result.avg_logprob > s.logprob_threshold):
+        if skipped_as_silence(result, s.no_speech_threshold, s.logprob_threshold):
             self.seek += size  # silence: skip the window
             return
         start_seek = self.seek
@@ -276,6 +275,13 @@ class _Stream:
         limit = tok.timestamp_begin if tok.timestamp_begin is not None else tok.eot
         text = tok.encoding.decode([t for t in self.all_tokens[self.n_initial:] if t < limit and t != tok.eot])
         return {"text": text, "segments": self.segments, "language": self.language}
+
+
+def skipped_as_silence(r: DecodingResult, no_speech_threshold: float | None, logprob_threshold: float | None) -> bool:
+    """openai-whisper's no-speech rule: the window is silence if its no-speech probability is above the threshold,
+    unless its average log-probability is above ``logprob_threshold``."""
+    return (no_speech_threshold is not None and r.no_speech_prob > no_speech_threshold
+            and not (logprob_threshold is not None and r.avg_logprob > logprob_threshold))
 
 
 def _needs_fallback(r: DecodingResult, s: _Settings) -> bool:
