@@ -337,11 +337,15 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
                     prepend_punctuations: str = PREPEND_PUNCTUATIONS, append_punctuations: str = APPEND_PUNCTUATIONS,
                     clip_timestamps: str | Sequence[float] | None = None,
                     hallucination_silence_threshold: float | None = None,
-                    seed: int = 0) -> Iterator[dict[str, Any] | Exception]:
+                    lookahead: int | None = None, seed: int = 0) -> Iterator[dict[str, Any] | Exception]:
     """Transcribe many files (paths or 16 kHz mono float arrays), ``batch_size`` of them in lockstep.
 
     Yields, in input order, each file's :func:`transcribe` result, or the exception that loading it raised
-    (unreadable, empty or corrupt files), so one bad file does not stop the others. A model of the seed
+    (unreadable, empty or corrupt files), so one bad file does not stop the others. Files are read in groups of
+    ``lookahead`` (default ``16 * batch_size``; at most that many 30 s windows of audio are held) and started
+    shortest first within a group: a round of lockstep decoding lasts as long as its longest text, so files of
+    similar length decode together (the speech_eval corpus: 774 -> 496 decoding steps at batch 8). Each file's
+    result does not depend on the order; ``lookahead=1`` keeps the input order. A model of the seed
     vocabulary (no timestamp tokens; trained from scratch here) decodes as it was trained: with
     ``<|notimestamps|>``, without previous-text prompts, window after window, a short window padded with the
     log-mel of silence (as the training batches are), not with openai-whisper's zeros.
@@ -356,6 +360,9 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    lookahead = 16 * batch_size if lookahead is None else lookahead
+    if not isinstance(lookahead, int) or isinstance(lookahead, bool) or lookahead < 1:
+        raise ValueError(f"lookahead must be a positive int, got {lookahead!r}")
     temperatures = (float(temperature),) if isinstance(temperature, int | float) else tuple(map(float, temperature))
     if not temperatures:
         raise ValueError("temperature must be a number or a non-empty sequence of numbers")
@@ -391,19 +398,43 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
         settings, word_timestamps=bool(word_timestamps), prepend_punctuations=prepend_punctuations,
         append_punctuations=append_punctuations, hallucination_silence_threshold=hallucination_silence_threshold,
         clip_timestamps=parse_clip_timestamps(clip_timestamps))
-    return _transcribe_stream(model, cfg, audios, settings, base, batch_size=batch_size,
+    return _transcribe_stream(model, cfg, audios, settings, base, batch_size=batch_size, lookahead=lookahead,
                               language=None if english_only else language, english_only=english_only,
                               trained_here=trained_here, initial_prompt=initial_prompt, seed=seed)
 
 
+def _shortest_first(audios: Iterable, n_mels: int, window: int, lookahead: int
+                    ) -> Iterator[tuple[int, tuple[np.ndarray, int] | Exception]]:
+    """``(index, (mel, content_frames))`` of each file, or the exception loading it raised, read in groups of at
+    most ``lookahead`` files and ``lookahead`` windows of audio; a group's errors first, then its files shortest
+    first (ties in input order)."""
+    pending = enumerate(audios)
+    while True:
+        group, frames = [], 0
+        for index, audio in pending:
+            try:
+                loaded = _mel(load_samples(audio), n_mels, window * HOP_LENGTH)
+            except Exception as e:  # noqa: BLE001 - reported per file
+                yield index, e
+                continue
+            group.append((index, loaded))
+            frames += loaded[1]
+            if len(group) >= lookahead or frames >= lookahead * window:
+                break
+        if not group:
+            return
+        yield from sorted(group, key=lambda item: item[1][1])
+
+
 def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _Settings, base: Tokenizer, *,
-                       batch_size: int, language: str | None, english_only: bool, trained_here: bool,
-                       initial_prompt: str | None, seed: int) -> Iterator[dict[str, Any] | Exception]:
+                       batch_size: int, lookahead: int, language: str | None, english_only: bool,
+                       trained_here: bool, initial_prompt: str | None, seed: int
+                       ) -> Iterator[dict[str, Any] | Exception]:
     """The window loop of :func:`transcribe_many`, once its arguments have been checked."""
     window = cfg.n_frames
     key = jax.random.key(seed)
 
-    pending = iter(enumerate(audios))
+    pending = _shortest_first(audios, cfg.n_mels, window, lookahead)
     active: list[tuple[int, _Stream]] = []
     finished: dict[int, dict[str, Any] | Exception] = {}
     next_out, exhausted, rounds = 0, False, 0
@@ -411,15 +442,14 @@ def _transcribe_stream(model, cfg: WhisperConfig, audios: Iterable, settings: _S
         fresh: list[tuple[int, _Stream]] = []
         while len(active) + len(fresh) < batch_size and not exhausted:
             try:
-                index, audio = next(pending)
+                index, loaded = next(pending)
             except StopIteration:
                 exhausted = True
                 break
-            try:
-                mel, frames = _mel(load_samples(audio), cfg.n_mels, window * HOP_LENGTH)
-            except Exception as e:  # noqa: BLE001 - reported per file
-                finished[index] = e
+            if isinstance(loaded, Exception):
+                finished[index] = loaded
                 continue
+            mel, frames = loaded
             lang = None if english_only else language
             tok = dataclasses.replace(base, language=lang or "en") if not english_only else base
             prompt = tok.encode(" " + initial_prompt.strip()) if initial_prompt else []

@@ -502,6 +502,29 @@ def test_options_and_inputs_are_checked():
         next(transcribe_many(None, cfg, [np.zeros(10, np.float32)], language="fr"))
     with pytest.raises(ValueError, match="batch_size"):
         next(transcribe_many(None, cfg, [], batch_size=0))
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="lookahead"):
+            next(transcribe_many(None, cfg, [], lookahead=bad))
+
+
+def test_files_start_shortest_first_within_a_group(tmp_path):
+    """transcribe_many's schedule: groups of at most `lookahead` files and `lookahead` windows of audio, a group's
+    unreadable files first, then its files by length (ties in input order); every file once."""
+    from jax_whisper.audio import HOP_LENGTH, SAMPLE_RATE
+    from jax_whisper.transcribe import _shortest_first
+
+    seconds = [5, 2, 9, 2, 1, 40, 3, 7]
+    audios = [np.zeros(s * SAMPLE_RATE, np.float32) for s in seconds]
+    audios.insert(3, tmp_path / "missing.wav")
+    window = 1000  # frames: 10 s
+    order = list(_shortest_first(audios, 80, window, lookahead=3))
+    assert sorted(i for i, _ in order) == list(range(len(audios)))
+    assert order[3][0] == 3 and isinstance(order[3][1], FileNotFoundError)  # the second group's first read
+    files = [(i, loaded[1]) for i, loaded in order if not isinstance(loaded, Exception)]
+    assert all(frames == len(audios[i]) // HOP_LENGTH for i, frames in files)
+    # groups: (5 s, 2 s, 9 s) by count; (2 s, 1 s, 40 s): 40 s reaches 3 windows; (3 s, 7 s) the rest
+    assert [i for i, _ in files] == [1, 0, 2, 5, 4, 6, 7, 8]
+    assert [i for i, _ in _shortest_first(audios[:3], 80, window, lookahead=1)] == [0, 1, 2]
 
 
 def test_empty_and_unreadable_inputs_need_no_decoding(tmp_path):
