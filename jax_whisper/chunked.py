@@ -58,6 +58,7 @@ from jax_whisper.decoding import (
 )
 from jax_whisper.tokenizer import Tokenizer, get_tokenizer, normalize_language
 from jax_whisper.transcribe import _batch_size, _mel, load_samples, skipped_as_silence
+from jax_whisper.vad import TRANSCRIBE_OPTIONS, VadOptions, speech_probabilities, speech_timestamps, speech_windows
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 log-mel frames a second
 MIN_AGREEMENT = 2  # tokens that must agree for an offset to count as an overlap
@@ -172,12 +173,13 @@ def _join(pieces: Sequence[Sequence[_Piece]], chunks: Sequence[Chunk], *, timest
     tail: list[_Token] = []
     for c, chunk_pieces_ in enumerate(pieces):
         new = [_Token(t, c, p, i) for p, piece in enumerate(chunk_pieces_) for i, t in enumerate(piece.tokens)]
-        cut = find_overlap([t.id for t in tail], [t.id for t in new])
+        # chunks that share no audio (stride 0: the first, or chunks placed by voice activity) are concatenated
+        cut = find_overlap([t.id for t in tail], [t.id for t in new]) if chunks[c].stride_left else None
         if cut is not None:
             done += tail[: cut[0]]
             tail = new[cut[1]:]
             continue
-        if timestamps and tail and new:
+        if timestamps and tail and new and chunks[c].stride_left:
             middle = chunks[c].own[0] / FRAMES_PER_SECOND  # the middle of the overlap with the previous chunk
 
             def centre(tok: _Token) -> float:
@@ -263,6 +265,22 @@ def _window(mel: np.ndarray, content: int, chunk: Chunk, n_frames: int, pad_with
     return np.concatenate([mel[:, chunk.start: chunk.end], mel[:, mel.shape[1] - (n_frames - size):]], axis=1)
 
 
+def speech_chunks(samples: np.ndarray, content: int, chunk_frames: int, options: VadOptions) -> list[Chunk]:
+    """Chunks without strides over the speech of ``samples`` (``content`` log-mel frames): Silero's speech regions
+    (``options``: a :class:`jax_whisper.vad.VadOptions`; none longer than a chunk) joined into spans of at most
+    ``chunk_frames``; the silence between spans is never decoded."""
+    options = dataclasses.replace(options, max_speech_duration_s=min(options.max_speech_duration_s,
+                                                                     chunk_frames / FRAMES_PER_SECOND))
+    regions = speech_timestamps(speech_probabilities(samples), len(samples), options)
+    chunks = []
+    for a, b in speech_windows(regions, chunk_frames * HOP_LENGTH):
+        start = a // HOP_LENGTH
+        end = min(-(-b // HOP_LENGTH), start + chunk_frames, content)
+        if end > start:
+            chunks.append(Chunk(start, end, 0, 0))
+    return chunks
+
+
 def _frames(seconds: float, name: str) -> int:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not np.isfinite(seconds):
         raise ValueError(f"{name} must be a number of seconds, got {seconds!r}")
@@ -276,8 +294,15 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
                        length_penalty: float | None = None, suppress_tokens: str | Iterable[int] | None = "-1",
                        suppress_blank: bool = True, max_initial_timestamp: float | None = 1.0,
                        sample_len: int | None = None, no_speech_threshold: float | None = 0.6,
-                       logprob_threshold: float | None = -1.0) -> dict[str, Any]:
+                       logprob_threshold: float | None = -1.0, vad=None) -> dict[str, Any]:
     """Transcribe one file or 16 kHz mono float array by independent overlapping chunks (module docstring).
+
+    ``vad``: a :class:`jax_whisper.vad.VadOptions` (True: ``vad.TRANSCRIBE_OPTIONS``): chunks of at most
+    ``chunk_length_s`` placed on the speech Silero VAD finds (:func:`speech_chunks`), without strides, as
+    faster-whisper's ``BatchedInferencePipeline`` places them; silence between them is not decoded, and each is
+    decoded without timestamps (one segment a chunk) and their texts are concatenated. Timestamped decoding of a
+    window packed with speech often ends seconds before the window does, and nothing else hears that speech
+    (measured on 10 minutes of speech_eval: WER 21.5 % with timestamps, 12.6 % without; 12.9 % sequential).
 
     ``chunk_length_s`` defaults to the model's window (30 s for OpenAI's models), ``stride_length_s`` to a sixth
     of it (5 s, as whisper-jax); chunks start every ``chunk_length_s - 2 * stride_length_s``. The decoding is
@@ -313,7 +338,10 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
         raise ValueError(f"this model is English-only; got language {language!r}")
     base = get_tokenizer(cfg, task=task if cfg.is_multilingual else None)
     seed_vocabulary = base.timestamp_begin is None  # trained here: no timestamps, windows padded with silence
-    timestamps = not (without_timestamps or seed_vocabulary)
+    vad = TRANSCRIBE_OPTIONS if vad is True else vad or None
+    if vad is not None and not isinstance(vad, VadOptions):
+        raise ValueError(f"vad must be True or a jax_whisper.vad.VadOptions, got {vad!r}")
+    timestamps = not (without_timestamps or seed_vocabulary or vad is not None)
     options = DecodingOptions(task=task, language=None if english_only else language, sample_len=sample_len,
                               beam_size=beam_size, patience=patience, length_penalty=length_penalty,
                               suppress_tokens=suppress_tokens, suppress_blank=suppress_blank,
@@ -321,7 +349,10 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
 
     samples = load_samples(audio)
     mel, content = _mel(samples, cfg.n_mels, window * HOP_LENGTH)
-    chunks = plan_chunks(content, chunk_frames, stride)
+    if vad is None:
+        chunks = plan_chunks(content, chunk_frames, stride)
+    else:
+        chunks = speech_chunks(samples, content, chunk_frames, vad)
     if english_only:
         language = "en"
     if not chunks:
@@ -350,4 +381,4 @@ def transcribe_chunked(model, cfg: WhisperConfig, audio: str | os.PathLike | np.
     return {"text": tokenizer.decode(ids), "segments": segments, "language": language}
 
 
-__all__ = ["Chunk", "chunk_pieces", "find_overlap", "plan_chunks", "stitch", "transcribe_chunked"]
+__all__ = ["Chunk", "chunk_pieces", "find_overlap", "plan_chunks", "speech_chunks", "stitch", "transcribe_chunked"]

@@ -564,7 +564,8 @@ CHUNKED_OPTIONS = frozenset({"task", "patience", "length_penalty", "suppress_tok
 
 def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray, *, beam_size: int | None = None,
                temperature: float | Sequence[float] = 0.0, language: str | None = "en",
-               without_timestamps: bool = False, chunk_batch_size: int | None = None, **kwargs) -> dict[str, Any]:
+               without_timestamps: bool = False, chunk_batch_size: int | None = None, vad=False,
+               **kwargs) -> dict[str, Any]:
     """Transcribe one file or 16 kHz mono float array of any length, as openai-whisper's ``transcribe``.
 
     Returns ``{"text", "segments": [{"id", "seek", "start", "end", "text", "tokens", "temperature",
@@ -578,7 +579,13 @@ def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray,
     by 5 s strides, decoded N at a time at temperature 0 without previous-text prompts, stitched;
     :func:`jax_whisper.chunked.transcribe_chunked`); options it cannot honour (word timestamps, a temperature
     fallback, prompts, clips) raise ValueError.
+
+    ``vad=True`` (or a :class:`jax_whisper.vad.VadOptions`): the chunked algorithm (``chunk_batch_size``
+    default 8) with its chunks placed on the speech Silero VAD finds instead of at fixed strides, as
+    faster-whisper's ``BatchedInferencePipeline``; silence between them is not decoded.
     """
+    if vad and chunk_batch_size is None:
+        chunk_batch_size = 8
     if chunk_batch_size is not None:
         from jax_whisper.chunked import transcribe_chunked
 
@@ -589,10 +596,11 @@ def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray,
         if temperature not in (0, 0.0, (0.0,), [0.0]):
             unsupported.insert(0, "temperature")
         if unsupported:
-            raise ValueError(f"chunk_batch_size (chunked transcription) does not go with {', '.join(unsupported)}: "
+            raise ValueError(f"{'vad' if vad else 'chunk_batch_size'} (chunked transcription) does not go with "
+                             f"{', '.join(unsupported)}: "
                              f"it decodes each chunk once, greedily or by beam search, at temperature 0")
         return transcribe_chunked(model, cfg, audio, chunk_batch_size=chunk_batch_size, beam_size=beam_size,
-                                  language=language, without_timestamps=without_timestamps,
+                                  language=language, without_timestamps=without_timestamps, vad=vad or None,
                                   **{k: v for k, v in kwargs.items() if k in CHUNKED_OPTIONS})
     (result,) = transcribe_many(model, cfg, [audio], batch_size=1, beam_size=beam_size, temperature=temperature,
                                 language=language, without_timestamps=without_timestamps, **kwargs)

@@ -11,7 +11,8 @@ samples) gets a one-line error on stderr; the others are still transcribed, and 
 
 ``--word-timestamps`` adds ``words`` to every segment (and lets subtitles show word groups: ``--max-words-per-line``,
 ``--max-line-width`` with ``--max-line-count``, ``--highlight-words``); ``--chunked`` transcribes each file by
-whisper-jax's batched algorithm instead of window after window. Flags that cannot work together are refused in
+whisper-jax's batched algorithm instead of window after window, ``--vad`` by batches of the speech Silero VAD
+finds (as faster-whisper's batched pipeline). Flags that cannot work together are refused in
 one line (exit status 2) before the model is read.
 """
 
@@ -62,7 +63,7 @@ def _chunked(model, cfg, files: list[str], args):
 
     options = dict(chunk_batch_size=args.chunk_batch_size, beam_size=args.beam_size, patience=args.patience,
                    length_penalty=args.length_penalty, task=args.task, without_timestamps=args.without_timestamps,
-                   language=None if args.language.lower() == "auto" else args.language)
+                   language=None if args.language.lower() == "auto" else args.language, vad=args.vad or None)
     transcribe_chunked(model, cfg, np.zeros(0, np.float32), **options)  # raises ValueError for bad options
 
     def results():
@@ -125,7 +126,11 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--chunked", action="store_true",
                         help="whisper-jax's batched long-form algorithm: 30 s chunks with 5 s strides decoded "
                              "--chunk-batch-size at a time and stitched (greedy or beam, temperature 0, no prompts)")
-    parser.add_argument("--chunk-batch-size", type=int, default=8, metavar="N", help="chunks decoded together")
+    parser.add_argument("--vad", action="store_true",
+                        help="batched over speech: Silero VAD finds it, windows of up to 30 s of it are decoded "
+                             "--chunk-batch-size at a time, text only (one segment a window); silence is skipped")
+    parser.add_argument("--chunk-batch-size", type=int, default=8, metavar="N",
+                        help="chunks (--chunked, --vad) decoded together")
     parser.add_argument("--batch-size", type=int, default=4, help="files decoded together")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
@@ -138,15 +143,19 @@ def main(argv=None, prog: str | None = None) -> int:
     if needs_words and not args.word_timestamps:
         print(f"transcribe: error: {', '.join(needs_words)} needs --word-timestamps", file=sys.stderr)
         return 2
-    if args.chunked:
+    if args.chunked and args.vad:
+        print("transcribe: error: --chunked and --vad are two ways to place the chunks; choose one", file=sys.stderr)
+        return 2
+    if args.chunked or args.vad:
         clash = [flag for flag, on in [("--word-timestamps", args.word_timestamps),
                                        ("--clip-timestamps", args.clip_timestamps is not None),
                                        ("--initial-prompt", args.initial_prompt is not None),
                                        ("--best-of", args.best_of is not None),
                                        ("--temperature", args.temperature not in (0, 0.0))] if on]
         if clash:
-            print(f"transcribe: error: --chunked does not go with {', '.join(clash)}: it decodes each chunk once, "
-                  f"greedily or by beam search, at temperature 0, without prompts", file=sys.stderr)
+            print(f"transcribe: error: {'--vad' if args.vad else '--chunked'} does not go with {', '.join(clash)}: "
+                  f"it decodes each chunk once, greedily or by beam search, at temperature 0, without prompts",
+                  file=sys.stderr)
             return 2
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in [*layout.items(), ("chunk_batch_size", args.chunk_batch_size)]
            if k != "highlight_words" and v is not None and v < 1]
@@ -177,13 +186,21 @@ def main(argv=None, prog: str | None = None) -> int:
                       f"transcribe them into different --output-dir", file=sys.stderr)
                 return 2
             owner[name] = path
+    if args.vad:
+        from jax_whisper.vad import silero_weights
+
+        try:
+            silero_weights()
+        except (ImportError, OSError, ValueError) as e:
+            print(f"transcribe: error: --vad: {e}", file=sys.stderr)
+            return 2
     try:
         cfg, model = load_checkpoint(resolve_model(args.model))
     except (OSError, ValueError) as e:
         print(f"transcribe: error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
     try:
-        if args.chunked:
+        if args.chunked or args.vad:
             results = _chunked(model, cfg, files, args)
         else:
             results = transcribe_many(
