@@ -5,7 +5,7 @@ The network (the weights of the installed ``silero-vad`` package's 16 kHz model;
 convolution, 129 magnitudes), four small convolutions, an LSTM cell carried from frame to frame, and a sigmoid.
 Everything but the LSTM is independent per frame, so all frames of a file go through the convolutions as one batch
 and only the LSTM is a scan: one jitted call per file instead of Silero's Python loop over frames (616 s of speech
-in ~0.6 s on 2 cores). :func:`speech_timestamps` turns the frame probabilities into speech regions by Silero's
+in ~0.4 s on 2 Xeon cores). :func:`speech_timestamps` turns the frame probabilities into speech regions by Silero's
 rules (``get_speech_timestamps``); :func:`speech_windows` packs the regions into windows of at most one Whisper
 window, which :func:`jax_whisper.chunked.transcribe_chunked` decodes in batches (``vad=``), as
 faster-whisper's ``BatchedInferencePipeline`` does.

@@ -21,7 +21,7 @@ from jax_whisper.config import WhisperConfig
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "n_audio_state=64,n_text_state=64,n_audio_head=2,n_text_head=2,n_audio_layer=1,n_text_layer=1"
 TRAIN = ["flax", "torch"]
-CORPUS = ["ours_files", "ours_chunked", "openai_whisper_seq", "faster_whisper_batched_int8"]
+CORPUS = ["ours_files", "ours_chunked", "ours_vad", "openai_whisper_seq", "faster_whisper_batched_int8"]
 HAS_SPEECH = (Path(B.DEFAULT_SPEECH) / "manifest.jsonl").is_file()
 
 
@@ -94,12 +94,12 @@ def test_memory_machine_targets_and_table(run):
     assert set(rss) == set(TRAIN) | set(B.TRANSCRIBE) and all(mb > 50 for mb in rss.values())
     m = result["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["versions"]["jax"] and m["date"]
-    # the corpus section did not run (none of its contenders chosen): its two targets are not measured
-    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True, False, False]
-    assert result["corpus"] is None and [t["met"] for t in result["targets"][3:]] == [None, None]
+    # the corpus section did not run (none of its contenders chosen): its three targets are not measured
+    assert [t["met"] in (True, False) for t in result["targets"]] == [True, True, True, False, False, False]
+    assert result["corpus"] is None and [t["met"] for t in result["targets"][3:]] == [None, None, None]
     for name in TRAIN + list(B.TRANSCRIBE):
         assert f"\n{name} " in table
-    assert "targets:" in table and table.count("\n  ") == 5
+    assert "targets:" in table and table.count("\n  ") == 6
 
 
 def test_failed_contender_is_recorded(tmp_path, capsys):
@@ -208,18 +208,19 @@ def test_corpus_section(corpus_run):
     ours, chunked, openai = (co["contenders"][n] for n in ("ours_files", "ours_chunked", "openai_whisper_seq"))
     assert ours["files_identical_to_ours_files"] == 2 and ours["long_identical_to_ours_files"]
     assert openai["files_identical_to_openai_whisper"] == 2
-    assert chunked["texts"] == ours["texts"]  # the same call for the files
+    assert chunked["texts"] == ours["texts"] == co["contenders"]["ours_vad"]["texts"]  # the same call for the files
     assert co["faster_whisper_best"] == {"files": "faster_whisper_batched_int8", "long": "faster_whisper_batched_int8"}
     fw = co["contenders"]["faster_whisper_batched_int8"]
-    for name in ("ours_files", "ours_chunked"):
+    for name in ("ours_files", "ours_chunked", "ours_vad"):
         r, c = co["ratios"][name], co["contenders"][name]
         assert r["files_vs_openai_whisper"] == pytest.approx(openai["files_s"] / c["files_s"])
         assert r["long_vs_openai_whisper"] == pytest.approx(openai["long_s"] / c["long_s"])
         assert r["files_vs_faster_whisper_best"] == pytest.approx(fw["files_s"] / c["files_s"])
         assert r["long_vs_faster_whisper_best"] == pytest.approx(fw["long_s"] / c["long_s"])
     # our warm-up compiled the batch widths a pass uses: 1 (the first file), 2 (two files; two chunks of 40 s)
-    for name in ("ours_files", "ours_chunked"):
+    for name in ("ours_files", "ours_chunked", "ours_vad"):
         assert co["warm_up"][name]["widths"] == [2] and co["warm_up"][name]["first_s"] > 0
+    assert co["warm_up"]["ours_vad"]["long_first_s"] > 0
     assert set(result["memory"]["peak_rss_mb"]) == set(CORPUS)
 
 
@@ -227,23 +228,27 @@ def test_corpus_targets_and_table(corpus_run):
     result, table = corpus_run
     co = result["corpus"]
     corpus_targets = [t for t in result["targets"] if t["target"].startswith("corpus")]
-    assert len(corpus_targets) == 2 and all(t["met"] in (True, False) for t in corpus_targets)
-    files_target, long_target = corpus_targets
+    assert len(corpus_targets) == 3 and all(t["met"] in (True, False) for t in corpus_targets)
+    files_target, *long_targets = corpus_targets
     r = co["ratios"]["ours_files"]
     identical = co["contenders"]["ours_files"]["files_identical_to_openai_whisper"]
     assert files_target["met"] == (r["files_vs_openai_whisper"] >= 3 and r["files_vs_faster_whisper_best"] >= 1.5
                                    and identical == 2)
     assert f"{identical} of 2 files" in files_target["detail"]
-    gap = co["contenders"]["ours_chunked"]["long_wer"] - co["contenders"]["openai_whisper_seq"]["long_wer"]
-    assert f"({gap:+.2f})" in long_target["detail"]
+    for name, target in zip(("ours_chunked", "ours_vad"), long_targets, strict=True):
+        gap = co["contenders"][name]["long_wer"] - co["contenders"]["openai_whisper_seq"]["long_wer"]
+        r = co["ratios"][name]
+        assert name in target["target"] and f"({gap:+.2f})" in target["detail"]
+        assert target["met"] == (r["long_vs_openai_whisper"] >= 3 and r["long_vs_faster_whisper_best"] >= 1.5
+                                 and gap <= 0.5)
     assert [t["met"] for t in result["targets"][:3]] == [None, None, None]  # train and transcribe not run
     assert table.startswith("corpus: tiny.en, greedy, 2 files")
     for name in CORPUS:
         assert f"\n{name} " in table
     for name in set(B.CORPUS) - set(CORPUS):
         assert f"\n{name} " not in table
-    assert "ours_files: files " in table and "ours_chunked: files " in table
-    assert table.count("\n  ") == 5  # the five targets
+    assert "ours_files: files " in table and "ours_chunked: files " in table and "ours_vad: files " in table
+    assert table.count("\n  ") == 6  # the six targets
 
 
 def test_corpus_options_and_inputs(tmp_path):
@@ -262,7 +267,7 @@ def test_corpus_options_and_inputs(tmp_path):
     logged = []
     result = B.run_benchmark(B.Options(contenders=("ours_files",), speech_dir=str(absent)), log=logged.append)
     assert result["corpus"] is None and "skipped" in logged[0]
-    assert [t["met"] for t in result["targets"]] == [None] * 5
+    assert [t["met"] for t in result["targets"]] == [None] * 6
     B.format_table(result)
     if HAS_SPEECH:
         with pytest.raises(ValueError, match="more than"):  # refused before any section runs

@@ -1,7 +1,8 @@
 """Speed benchmark (issue 5): the Flax train step against the PyTorch reference (eager and torch.compile),
 tiny.en transcription of 30 s of speech against openai-whisper and faster-whisper (float32, int8), and (issue 20)
 tiny.en throughput on the speech_eval corpus: every file, then one long recording, ours batched over files
-(ours_files) and chunked (ours_chunked) against openai-whisper and faster-whisper, sequential and batched.
+(ours_files), chunked (ours_chunked) and on Silero-VAD chunks (ours_vad) against openai-whisper and
+faster-whisper, sequential and batched.
 
 Each contender runs in its own worker process pinned to the same --threads CPUs; after a warm-up (compilation
 is timed and reported apart) the contenders alternate, one computing at a time, and medians over the rounds
