@@ -341,11 +341,11 @@ def transcribe_many(model, cfg: WhisperConfig, audios: Iterable[str | os.PathLik
     """Transcribe many files (paths or 16 kHz mono float arrays), ``batch_size`` of them in lockstep.
 
     Yields, in input order, each file's :func:`transcribe` result, or the exception that loading it raised
-    (unreadable, empty or corrupt files), so one bad file does not stop the others. Files are read in groups of
-    ``lookahead`` (default ``16 * batch_size``; at most that many 30 s windows of audio are held) and started
-    shortest first within a group: a round of lockstep decoding lasts as long as its longest text, so files of
-    similar length decode together (the speech_eval corpus: 774 -> 496 decoding steps at batch 8). Each file's
-    result does not depend on the order; ``lookahead=1`` keeps the input order. A model of the seed
+    (unreadable, empty or corrupt files), so one bad file does not stop the others. Files are read in groups (a
+    group ends once it holds ``lookahead`` files, default ``16 * batch_size``, or that many 30 s windows of audio)
+    and started shortest first within a group: a round of lockstep decoding lasts as long as its longest text, so
+    files of similar length decode together (the speech_eval corpus: 774 -> 496 decoding steps at batch 8). Each
+    file's result does not depend on the order; ``lookahead=1`` keeps the input order. A model of the seed
     vocabulary (no timestamp tokens; trained from scratch here) decodes as it was trained: with
     ``<|notimestamps|>``, without previous-text prompts, window after window, a short window padded with the
     log-mel of silence (as the training batches are), not with openai-whisper's zeros.
@@ -582,7 +582,8 @@ def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray,
 
     ``vad=True`` (or a :class:`jax_whisper.vad.VadOptions`): the chunked algorithm (``chunk_batch_size``
     default 8) with its chunks placed on the speech Silero VAD finds instead of at fixed strides, as
-    faster-whisper's ``BatchedInferencePipeline``; silence between them is not decoded.
+    faster-whisper's ``BatchedInferencePipeline``, decoded without timestamps (one segment a chunk); silence between
+    them is not decoded.
     """
     if vad and chunk_batch_size is None:
         chunk_batch_size = 8
