@@ -601,7 +601,7 @@ def transcribe(model, cfg: WhisperConfig, audio: str | os.PathLike | np.ndarray,
                              f"{', '.join(unsupported)}: "
                              f"it decodes each chunk once, greedily or by beam search, at temperature 0")
         return transcribe_chunked(model, cfg, audio, chunk_batch_size=chunk_batch_size, beam_size=beam_size,
-                                  language=language, without_timestamps=without_timestamps, vad=vad or None,
+                                  language=language, without_timestamps=without_timestamps, vad=vad,
                                   **{k: v for k, v in kwargs.items() if k in CHUNKED_OPTIONS})
     (result,) = transcribe_many(model, cfg, [audio], batch_size=1, beam_size=beam_size, temperature=temperature,
                                 language=language, without_timestamps=without_timestamps, **kwargs)

@@ -56,6 +56,12 @@ def silero_weights() -> dict[str, np.ndarray]:
     return {_NAMES[k]: v.detach().numpy().astype(np.float32) for k, v in state.items()}
 
 
+@cache
+def _device_weights() -> dict[str, jax.Array]:
+    """:func:`silero_weights` on the default device, moved there once."""
+    return {k: jnp.asarray(v) for k, v in silero_weights().items()}
+
+
 def _conv(x, w, b=None, stride=1, padding=0):
     """PyTorch's Conv1d on (frames, channels, time)."""
     y = lax.conv_general_dilated(x, w, (stride,), [(padding, padding)], dimension_numbers=("NCH", "OIH", "NCH"),
@@ -102,8 +108,7 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
     samples = np.zeros(CONTEXT + padded * FRAME, np.float32)
     samples[CONTEXT: CONTEXT + len(audio)] = audio
     starts = np.arange(padded)[:, None] * FRAME + np.arange(CONTEXT + FRAME)
-    params = {k: jnp.asarray(v) for k, v in silero_weights().items()}
-    return np.asarray(_probabilities(params, jnp.asarray(samples[starts])))[:n]
+    return np.asarray(_probabilities(_device_weights(), jnp.asarray(samples[starts])))[:n]
 
 
 @dataclass(frozen=True)

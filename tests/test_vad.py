@@ -21,14 +21,26 @@ from jax_whisper import vad
 from jax_whisper.chunked import Chunk, speech_chunks, stitch, transcribe_chunked
 from jax_whisper.tokenizer import get_tokenizer
 
-try:  # the tiny.en fixture and the corpus location, shared with the sequential path's tests
-    from tests.test_transcribe import SPEECH, tiny  # noqa: F401
+try:  # the tiny.en and JFK fixtures and the corpus location, shared with the sequential path's tests
+    from tests.test_transcribe import SPEECH, jfk, tiny  # noqa: F401
 except pytest.skip.Exception as e:  # no openai-whisper: the tests that need tiny.en or the corpus skip
     SPEECH, _missing = None, str(e)
 
     @pytest.fixture(scope="module")
     def tiny():
         pytest.skip(_missing)
+
+    @pytest.fixture(scope="module")
+    def jfk():
+        pytest.skip(_missing)
+
+
+@pytest.fixture(scope="module")
+def jfk_60s(jfk) -> tuple[np.ndarray, int, int]:
+    """JFK, silence, JFK: 60 s in all, as tests/test_transcribe.py's long-form tests build it; with the samples
+    where the first clip ends and the second begins."""
+    gap = 60 * 16000 - 2 * len(jfk)
+    return np.concatenate([jfk, np.zeros(gap, np.float32), jfk]), len(jfk), len(jfk) + gap
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +59,17 @@ def silero():
 
 
 def _corpus() -> list[tuple[str, np.ndarray]]:
-    from jax_whisper.benchmark import manifest_rows
-    from jax_whisper.transcribe import load_samples
+    from jax_whisper.benchmark import speech_corpus
 
     if SPEECH is None or not (SPEECH / "manifest.jsonl").is_file():
         pytest.skip(f"no speech_eval corpus at {SPEECH}")
-    return [(r["id"], load_samples(SPEECH / r["audio"])) for r in manifest_rows(SPEECH)]
+    audios, rows = speech_corpus(SPEECH)
+    return [(r["id"], a) for r, a in zip(rows, audios, strict=True)]
 
 
 def _theirs(silero, probs, n, options: vad.VadOptions):
-    o = {k: v for k, v in asdict(options).items()}
-    return [(d["start"], d["end"]) for d in silero["from_probs"](list(map(float, probs)), audio_length_samples=n, **o)]
+    regions = silero["from_probs"](list(map(float, probs)), audio_length_samples=n, **asdict(options))
+    return [(d["start"], d["end"]) for d in regions]
 
 
 def test_probabilities_match_silero_onnx(silero):
@@ -118,21 +130,15 @@ def test_options_are_checked():
     assert vad.speech_probabilities(np.zeros(0, np.float32)).shape == (0,)
 
 
-def test_speech_chunks_bounds():
+def test_speech_chunks_bounds(jfk_60s):
     """JFK, 38 s of silence, JFK: chunks inside the audio, at most one window each, in order, each within
     Silero's padding of one of the clips (none over the silence)."""
-    from jax_whisper.audio import load_audio
-
-    path = SPEECH / "jfk" / "jfk.wav" if SPEECH is not None else None
-    if path is None or not path.is_file():
-        pytest.skip(f"no {path}")
-    clip = load_audio(path)
-    audio = np.concatenate([clip, np.zeros(38 * 16000, np.float32), clip])
+    audio, first_end, second_start = jfk_60s
     content, window = len(audio) // 160, 3000
     chunks = speech_chunks(audio, content, window, vad.TRANSCRIBE_OPTIONS)
     assert all(0 <= c.start < c.end <= content and c.end - c.start <= window for c in chunks), chunks
     assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:], strict=False)), chunks
-    first, second = len(clip) // 160, (len(clip) + 38 * 16000) // 160
+    first, second = first_end // 160, second_start // 160
     assert all(c.end <= first + 50 or c.start >= second - 50 for c in chunks), chunks
     assert chunks[0].start < 100 and chunks[-1].end > content - 100, chunks
 
@@ -171,21 +177,18 @@ def test_bad_vad_options(tmp_path):
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_tiny_en_skips_silence_and_keeps_the_speech(tiny):
+def test_tiny_en_skips_silence_and_keeps_the_speech(tiny, jfk_60s):
     """JFK, 38 s of silence, JFK: two chunks, none over the silence; both sentences; and ~95 s of consecutive
     LibriSpeech utterances: WER within 1.5 points of the sequential path's."""
-    from jax_whisper.audio import load_audio
     from jax_whisper.benchmark import long_speech
     from jax_whisper.scoring import word_error_rate
     from jax_whisper.transcribe import transcribe
 
-    path = SPEECH / "jfk" / "jfk.wav" if SPEECH is not None else None
-    if path is None or not path.is_file() or not (SPEECH / "manifest.jsonl").is_file():
-        pytest.skip(f"no speech_eval corpus at {SPEECH}")
-    clip = load_audio(path)
-    audio = np.concatenate([clip, np.zeros(38 * 16000, np.float32), clip])
+    if not (SPEECH / "manifest.jsonl").is_file():
+        pytest.skip(f"no speech_eval manifest at {SPEECH}")
+    audio, first_end, second_start = jfk_60s
     result = transcribe(tiny["jm"], tiny["cfg"], audio, vad=True, chunk_batch_size=4)
-    first, gap_end = len(clip) / 16000, (len(clip) + 38 * 16000) / 16000
+    first, gap_end = first_end / 16000, second_start / 16000
     segs = result["segments"]
     assert [s["chunk"] for s in segs] == [0, 1], segs
     assert segs[0]["end"] <= first + 0.5 and segs[1]["start"] >= gap_end - 0.5, segs

@@ -63,7 +63,7 @@ def _chunked(model, cfg, files: list[str], args):
 
     options = dict(chunk_batch_size=args.chunk_batch_size, beam_size=args.beam_size, patience=args.patience,
                    length_penalty=args.length_penalty, task=args.task, without_timestamps=args.without_timestamps,
-                   language=None if args.language.lower() == "auto" else args.language, vad=args.vad or None)
+                   language=None if args.language.lower() == "auto" else args.language, vad=args.vad)
     transcribe_chunked(model, cfg, np.zeros(0, np.float32), **options)  # raises ValueError for bad options
 
     def results():
